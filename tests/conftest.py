@@ -1,7 +1,13 @@
 import os
 
-import pytest
 import torch
+
+# Triton kernels run on the CPU through the interpreter when there is no GPU; this must be set
+# before Triton compiles any kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
