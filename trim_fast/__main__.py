@@ -1,0 +1,3 @@
+from trim_fast.cli import main
+
+raise SystemExit(main())
