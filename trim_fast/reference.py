@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterable, Sequence
 
 import torch
@@ -35,6 +36,8 @@ def visibility_mask(
 ) -> torch.Tensor:
     """``[B, N, N]`` bool: may query ``i`` see key ``j``? Padding (right, via ``seq_lens``)
     sees nothing and is seen by nothing. ``window`` is a sliding window: ``i - j < window``."""
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive int or None, got {window!r}")
     i = torch.arange(n, device=device)[:, None]
     j = torch.arange(n, device=device)[None, :]
     allowed = torch.ones(n, n, dtype=torch.bool, device=device)
@@ -220,7 +223,7 @@ def build_fingerprints(
         raise ValueError("build_fingerprints: the target set has no counted tokens")
     check_finite(hidden, "hidden states")
     check_finite(alpha, "alpha")
-    h_hat = hidden.double() / hidden.double().norm(dim=-1, keepdim=True)
+    h_hat = _unit_rows(hidden)
     classes, vectors, counts, mass = [], [], [], []
     for t in sorted(set(token_ids.tolist())):
         sel = token_ids == t
@@ -240,6 +243,15 @@ def build_fingerprints(
         counts=torch.tensor(counts, dtype=torch.long),
         mass=torch.tensor(mass, dtype=torch.float32),
     )
+
+
+def _unit_rows(hidden: torch.Tensor) -> torch.Tensor:
+    """``h / ||h||`` in float64; a zero row has no direction (it would become NaN)."""
+    norms = hidden.double().norm(dim=-1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError(f"hidden states contain {int((norms == 0).sum())} zero vector(s); "
+                         "cosine is undefined")
+    return hidden.double() / norms
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,8 +285,14 @@ def token_scores(
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     if not 0.0 <= fallback_penalty <= 1.0:
         raise ValueError(f"fallback_penalty (lambda) must be in [0, 1], got {fallback_penalty}")
+    if hidden.ndim != 2 or token_ids.shape != hidden.shape[:1]:
+        raise ValueError(f"token_scores: expected hidden [M, d] and token_ids [M]; got "
+                         f"{tuple(hidden.shape)}, {tuple(token_ids.shape)}")
+    if hidden.shape[1] != bank.vectors.shape[1]:
+        raise ValueError(f"token_scores: hidden size {hidden.shape[1]} differs from the "
+                         f"fingerprints' {bank.vectors.shape[1]}")
     check_finite(hidden, "hidden states")
-    h_hat = hidden.double() / hidden.double().norm(dim=-1, keepdim=True)
+    h_hat = _unit_rows(hidden)
     f = bank.vectors.double()
     row_of = {int(t): r for r, t in enumerate(bank.classes.tolist())}
     m = hidden.shape[0]
@@ -371,12 +389,18 @@ def num_selected(pool_size: int, *, fraction: float | None = 0.05, k: int | None
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if pool_size == 0:
         return 0
-    return max(1, min(pool_size, math.floor(fraction * pool_size + 0.5)))
+    # Exact decimal product: 0.29 * 50 is 14.4999... in binary floating point, not 14.5.
+    exact = Fraction(str(float(fraction))) * pool_size
+    return max(1, min(pool_size, math.floor(exact + Fraction(1, 2))))
 
 
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` best scores in order of score; ties go to the lower index; ``-inf``
     (no scored token) and NaN are never selected, so fewer than ``k`` may come back."""
+    if scores.ndim != 1:
+        raise ValueError(f"select_top_k: expected [pool] scores, got {tuple(scores.shape)}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
     order = sorted(
         (i for i, s in enumerate(scores.tolist()) if s == s and s != float("-inf")),
         key=lambda i: (-scores[i].item(), i),
