@@ -18,3 +18,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The embedded SmolLM2 tokenizer (from the GGUF file; no download)."""
+    from trim_fast.models.loading import load_tokenizer
+
+    return load_tokenizer()
