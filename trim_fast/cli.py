@@ -28,6 +28,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=2048,
                    help="longer examples are truncated (counted and reported)")
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget of one forward batch")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="pool examples per resumable shard (and per unit of work across ranks)")
     p.add_argument("--scope", default="all", choices=["all", "response", "prompt"],
                    help="whose message content counts")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -134,20 +136,22 @@ def _load(args):
     return model, tok
 
 
-def _target_tasks(args, pool_examples):
+def _target_tasks(args, pool_paths):
     """``{task: [Example]}``: one task per --targets file, or a seeded pool sample (in-domain)."""
     from trim_fast.data import load_examples
+    from trim_fast.pool import iter_pool_chunks, read_selected
 
     if args.targets:
         return dict(zip(_task_names(args.targets), (load_examples([p]) for p in args.targets)))
-    if not pool_examples:
-        raise DataError("no --targets given and no pool to sample in-domain targets from")
-    n = min(args.target_sample, len(pool_examples))
-    if n < 1:
+    if not pool_paths:
+        raise DataError("no --targets given and no --pool to sample in-domain targets from")
+    if args.target_sample < 1:
         raise ValueError("--target-sample must be >= 1")
-    picks = sorted(random.Random(args.seed).sample(range(len(pool_examples)), n))
-    _log(f"no --targets: in-domain mode, {n} pool examples sampled with seed {args.seed}")
-    return {"in_domain": [pool_examples[i] for i in picks]}
+    size = sum(len(chunk) for _, _, chunk in iter_pool_chunks(pool_paths, 4096))
+    n = min(args.target_sample, size)
+    picks = sorted(random.Random(args.seed).sample(range(size), n))
+    _log(f"no --targets: in-domain mode, {n} of {size} pool examples sampled with seed {args.seed}")
+    return {"in_domain": read_selected(pool_paths, picks)}
 
 
 def _bank_meta(args, tok) -> dict:
@@ -181,67 +185,86 @@ def _task_families(tasks: dict) -> dict:
     return out
 
 
-def _score_and_write(args, cfg, model, tok, banks, pool_examples, out_dir, extra_summary=None,
-                     task_families=None):
+def _manifest(args, cfg, tok, banks) -> dict:
+    from trim_fast.data import tokenizer_fingerprint
+    from trim_fast.models.loading import model_id
+    from trim_fast.pool import bank_digest, pool_signature
+
+    adapter = None
+    if args.adapter:
+        files = sorted(os.path.join(args.adapter, f) for f in os.listdir(args.adapter))
+        adapter = pool_signature([f for f in files if os.path.isfile(f)])
+    return {"model": model_id(args.model), "adapter": adapter, "dtype": args.dtype,
+            "tokenizer_hash": tokenizer_fingerprint(tok),
+            "banks": {name: bank_digest(b) for name, b in banks.items()},
+            "pool": pool_signature(args.pool), "scoring": cfg.scoring_params()}
+
+
+def _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, *, write_coreset=True,
+                     extra_summary=None, task_families=None):
     from trim_fast import outputs
-    from trim_fast.pipeline import pool_idf, score_pool, select, selection_name, tokenize_examples
+    from trim_fast.pipeline import select, selection_name
+    from trim_fast.pool import read_selected, score_pool
 
     t0 = time.perf_counter()
-    tokenized = tokenize_examples(tok, pool_examples, cfg, progress=not args.no_progress)
-    n_trunc = sum(1 for t in tokenized if t.truncated)
+    scored = score_pool(model, tok, args.pool, banks, cfg, out_dir,
+                        manifest=_manifest(args, cfg, tok, banks), ctx=ctx,
+                        progress=not args.no_progress)
+    if not ctx.is_main:
+        return None
+    n_trunc = int((scored.truncated > 0).sum())
     if n_trunc:
         _log(f"{n_trunc} pool example(s) longer than --max-length {cfg.max_length} were truncated "
-             "(listed in the score table, column 'truncated')")
-    idf_table = pool_idf(tokenized, len(tok), cfg)
-    scores = score_pool(model, tok, tokenized, banks, cfg, idf_table=idf_table,
-                        progress=not args.no_progress)
-    sel = select(scores, cfg)
-    rows = outputs.score_rows(pool_examples, tokenized, scores, sel.combined, sel.indices)
-    outputs.write_table(rows, out_dir)
-    coreset = os.path.join(out_dir, selection_name(cfg))
-    outputs.write_coreset(pool_examples, sel.indices, coreset)
-    summary = _summary(cfg, pool_examples, tokenized, scores, sel, task_families or {})
+             "(counted in summary.json; column 'truncated' of the score table)")
+    sel = select(scored, cfg)
+    cols = outputs.score_columns(scored, sel.combined, sel.indices)
+    outputs.write_table(cols, out_dir)
+    coreset = None
+    if write_coreset:
+        coreset = os.path.join(out_dir, selection_name(cfg))
+        outputs.write_coreset(read_selected(args.pool, sel.indices), coreset)
+        _log(f"selected {len(sel.indices)} of {len(scored.ids)} -> {coreset}")
+    summary = _summary(cfg, scored, sel, task_families or {})
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
-    summary["outputs"] = {"coreset": os.path.basename(coreset), "table": ["scores.parquet", "sorted.csv"],
-                          "report": "report.png"}
+    summary["outputs"] = {"coreset": coreset and os.path.basename(coreset),
+                          "table": ["scores.parquet", "sorted.csv"], "report": "report.png"}
     summary.update(extra_summary or {})
     outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
-    outputs.write_report(rows, os.path.join(out_dir, "report.png"))
+    outputs.write_report(cols, os.path.join(out_dir, "report.png"))
     if sel.unscored:
         _log(f"{len(sel.unscored)} pool example(s) had no scored token (score -inf, never "
              "selected); see summary.json 'unscored'")
-    _log(f"selected {len(sel.indices)} of {len(pool_examples)} -> {coreset}")
     return summary
 
 
-def _summary(cfg, pool_examples, tokenized, scores, sel, task_families) -> dict:
+def _summary(cfg, scored, sel, task_families) -> dict:
     from dataclasses import asdict
 
     from trim_fast.selection import select_top_k
 
-    by_source = collections.Counter(pool_examples[i].source for i in sel.indices)
+    by_source = collections.Counter(scored.sources[i] for i in sel.indices)
     summary = {
         "config": asdict(cfg),
-        "pool_size": len(pool_examples),
+        "pool_size": len(scored.ids),
         "k": sel.k,
         "selected": len(sel.indices),
         "selected_by_source": dict(by_source),
-        "unscored": {"count": len(sel.unscored),
-                     "ids": [pool_examples[i].id for i in sel.unscored[:100]]},
-        "truncated": sum(1 for t in tokenized if t.truncated),
-        "tasks": scores.tasks,
-        "scoring": {"tokens": scores.tokens, "seconds": round(scores.seconds, 3),
-                    "tokens_per_s": round(scores.tokens / max(scores.seconds, 1e-9), 1)},
+        "unscored": {"count": len(sel.unscored), "ids": [scored.ids[i] for i in sel.unscored[:100]]},
+        "truncated": int((scored.truncated > 0).sum()),
+        "tasks": scored.tasks,
+        "scoring": {"tokens": scored.tokens, "forward_seconds": round(scored.seconds_forward, 3),
+                    "tokens_per_s": round(scored.tokens / max(scored.seconds_forward, 1e-9), 1),
+                    "chunks_reused": scored.chunks_reused},
     }
-    fams = [e.meta.get("family") for e in pool_examples]
-    if task_families and any(fams):
+    fams = scored.families
+    if task_families and any(f is not None for f in fams):
         pool_share = collections.Counter(fams)
         precision = {}
-        for t_i, task in enumerate(scores.tasks):
+        for t_i, task in enumerate(scored.tasks):
             fam = task_families.get(task)
             if fam is None:
                 continue
-            top = select_top_k(scores.score[t_i], sel.k).tolist()
+            top = select_top_k(scored.score[t_i], sel.k).tolist()
             hits = sum(1 for i in top if fams[i] == fam)
             precision[task] = {"family": fam, "precision": round(hits / max(1, len(top)), 4),
                                "family_share_of_pool": round(pool_share[fam] / len(fams), 4),
@@ -250,30 +273,45 @@ def _summary(cfg, pool_examples, tokenized, scores, sel, task_families) -> dict:
     return summary
 
 
+def _banks_everywhere(args, cfg, model, tok, tasks, ctx) -> dict:
+    """Rank 0 builds the banks and sends them to the other ranks, so all score with the same
+    bank bit for bit (object collectives between our own processes; no file is unpickled)."""
+    banks = _build_banks(args, cfg, model, tok, tasks) if ctx.is_main else None
+    return ctx.broadcast_from_main(banks)
+
+
+def _init(args):
+    from trim_fast.distributed import init_distributed
+
+    ctx, args.device = init_distributed(args.device)
+    return ctx
+
+
 def cmd_select(args) -> int:
     from trim_fast import outputs
-    from trim_fast.data import load_examples
 
-    cfg = _config(args)
-    out_dir = outputs.ensure_out_dir(args.out)
-    pool = load_examples(args.pool)
-    model, tok = _load(args)
-    tasks = _target_tasks(args, pool)
-    banks = _build_banks(args, cfg, model, tok, tasks)
-    _score_and_write(args, cfg, model, tok, banks, pool, out_dir, task_families=_task_families(tasks))
+    ctx = _init(args)
+    try:
+        cfg = _config(args)
+        out_dir = outputs.ensure_out_dir(args.out)
+        model, tok = _load(args)
+        tasks = _target_tasks(args, args.pool)
+        banks = _banks_everywhere(args, cfg, model, tok, tasks, ctx)
+        _score_and_write(args, cfg, model, tok, banks, out_dir, ctx,
+                         task_families=_task_families(tasks))
+    finally:
+        ctx.close()
     return 0
 
 
 def cmd_fingerprint(args) -> int:
     from trim_fast import outputs
-    from trim_fast.data import load_examples
 
     cfg = _config(args)
     out_dir = outputs.ensure_out_dir(args.out)
     os.makedirs(os.path.join(out_dir, "banks"), exist_ok=True)
-    pool = load_examples(args.pool) if (args.pool and not args.targets) else []
     model, tok = _load(args)
-    banks = _build_banks(args, cfg, model, tok, _target_tasks(args, pool))
+    banks = _build_banks(args, cfg, model, tok, _target_tasks(args, args.pool))
     for name, bank in banks.items():
         path = os.path.join(out_dir, "banks", f"{name}.safetensors")
         bank.save(path)
@@ -283,25 +321,27 @@ def cmd_fingerprint(args) -> int:
 
 def cmd_score(args) -> int:
     from trim_fast import outputs
-    from trim_fast.data import load_examples, tokenizer_fingerprint
+    from trim_fast.data import tokenizer_fingerprint
     from trim_fast.fingerprints import FingerprintBank
+    from trim_fast.pipeline import BANK_FIELDS
 
-    out_dir = outputs.ensure_out_dir(args.out)
-    pool = load_examples(args.pool)
-    model, tok = _load(args)
-    expect = {"tokenizer_hash": tokenizer_fingerprint(tok)}
-    banks = {}
-    for name, path in zip(_task_names(args.bank), args.bank):
-        banks[name] = FingerprintBank.load(path, expect=expect)
-    first = next(iter(banks.values())).meta
-    for k in ("layers", "w_row", "w_col", "scope", "max_length"):
-        if k in first:
-            setattr(args, k, first[k])
-    if first.get("scope") and args.scope != first["scope"]:
-        _log(f"using the banks' scope {first['scope']!r}")
-    args.k, args.fraction = None, 0.05
-    cfg = _config(args)
-    _score_and_write(args, cfg, model, tok, banks, pool, out_dir)
+    ctx = _init(args)
+    try:
+        out_dir = outputs.ensure_out_dir(args.out)
+        model, tok = _load(args)
+        expect = {"tokenizer_hash": tokenizer_fingerprint(tok)}
+        banks = {name: FingerprintBank.load(path, expect=expect)
+                 for name, path in zip(_task_names(args.bank), args.bank)}
+        first = next(iter(banks.values())).meta
+        if first.get("scope") not in (None, args.scope):
+            _log(f"scoring with the banks' scope {first['scope']!r}")
+        for k in BANK_FIELDS:
+            if k in first and hasattr(args, k):
+                setattr(args, k, first[k])
+        cfg = _config(args)
+        _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, write_coreset=False)
+    finally:
+        ctx.close()
     return 0
 
 
@@ -310,49 +350,59 @@ def cmd_pick(args) -> int:
     import torch
 
     from trim_fast import outputs
-    from trim_fast.data import load_examples
+    from trim_fast.pool import iter_pool_chunks, read_selected
     from trim_fast.selection import combine_tasks, num_selected, select_top_k
 
     out_dir = outputs.ensure_out_dir(args.out)
-    table = pq.read_table(args.scores).to_pylist()
-    pool = load_examples(args.pool)
-    position = {e.id: i for i, e in enumerate(pool)}
-    missing = [r["id"] for r in table if r["id"] not in position]
-    if missing or len(table) != len(pool):
+    try:
+        table = pq.read_table(args.scores)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+        raise DataError(f"{args.scores}: not a readable score table ({exc})") from exc
+    position = {}
+    for _, start, chunk in iter_pool_chunks(args.pool, 4096):
+        position.update((e.id, start + i) for i, e in enumerate(chunk))
+    ids = table.column("id").to_pylist()
+    missing = [i for i in ids if i not in position]
+    if missing or len(ids) != len(position):
         raise DataError(f"{args.scores}: the score table does not match the pool files "
-                        f"({len(table)} rows vs {len(pool)} examples; {len(missing)} unknown ids, "
+                        f"({len(ids)} rows vs {len(position)} examples; {len(missing)} unknown ids, "
                         f"e.g. {missing[:3]})")
-    task_cols = sorted(c for c in table[0] if c.startswith("score["))
-    cols = task_cols or ["score"]
-    by_index = sorted(table, key=lambda r: position[r["id"]])
-    per_task = torch.tensor([[float(r[c]) if r[c] is not None else float("nan") for r in by_index]
-                             for c in cols], dtype=torch.float32)
+    cols = sorted(c for c in table.column_names if c.startswith("score[")) or ["score"]
+    row_of = torch.tensor([position[i] for i in ids])
+    per_task = torch.full((len(cols), len(ids)), float("nan"))
+    for t, c in enumerate(cols):
+        values = [float("nan") if v is None else float(v) for v in table.column(c).to_pylist()]
+        per_task[t, row_of] = torch.tensor(values, dtype=torch.float32)
     combined = combine_tasks(per_task, args.combine)
-    k = num_selected(len(pool), fraction=args.fraction, k=args.k)
+    k = num_selected(len(ids), fraction=args.fraction, k=args.k)
     chosen = select_top_k(combined, k).tolist()
     name = f"top_k{args.k}.jsonl" if args.k is not None else f"top_p{args.fraction:g}.jsonl"
-    outputs.write_coreset(pool, chosen, os.path.join(out_dir, name))
-    _log(f"selected {len(chosen)} of {len(pool)} -> {os.path.join(out_dir, name)}")
+    outputs.write_coreset(read_selected(args.pool, chosen), os.path.join(out_dir, name))
+    _log(f"selected {len(chosen)} of {len(ids)} -> {os.path.join(out_dir, name)}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from trim_fast import outputs
-    from trim_fast.data import load_examples
     from trim_fast.demo.generate import generate
 
     out_dir = outputs.ensure_out_dir(args.out)
     manifest = generate(os.path.join(out_dir, "data"), pool_size=args.pool_size,
                         targets_per_family=args.targets_per_family, seed=args.seed)
-    ns = build_parser().parse_args(["select", "--out", out_dir, *sum((["--pool", p] for p in manifest["pool"]), []),
-                                    *sum((["--targets", p] for p in manifest["targets"].values()), [])])
-    ns.device, ns.no_progress, ns.seed = args.device, args.no_progress, args.seed
+    argv = ["select", "--out", out_dir, "--seed", str(args.seed)]
+    argv += sum((["--pool", p] for p in manifest["pool"]), [])
+    argv += sum((["--targets", p] for p in manifest["targets"].values()), [])
+    if args.device:
+        argv += ["--device", args.device]
+    if args.no_progress:
+        argv.append("--no-progress")
+    ns = build_parser().parse_args(argv)
+    ctx = _init(ns)
     cfg = _config(ns)
-    pool = load_examples(ns.pool)
     model, tok = _load(ns)
-    tasks = _target_tasks(ns, pool)
+    tasks = _target_tasks(ns, ns.pool)
     banks = _build_banks(ns, cfg, model, tok, tasks)
-    summary = _score_and_write(ns, cfg, model, tok, banks, pool, out_dir,
+    summary = _score_and_write(ns, cfg, model, tok, banks, out_dir, ctx,
                                task_families=_task_families(tasks),
                                extra_summary={"demo": {"family_counts": manifest["family_counts"]}})
     print(f"{'task':<20} {'precision@5%':>12} {'family share':>13}")

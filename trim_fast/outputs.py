@@ -10,10 +10,7 @@ import os
 import tempfile
 from typing import Any, Iterator, Sequence
 
-from trim_fast.data import Example, Tokenized
-
-TABLE_COLUMNS = ("rank", "id", "source", "line", "family", "score", "mean", "max", "coverage",
-                 "n_tokens", "n_counted", "n_scored", "n_matched", "truncated", "selected")
+from trim_fast.data import Example
 
 
 @contextlib.contextmanager
@@ -50,57 +47,62 @@ def _clean(v):
     return v
 
 
-def score_rows(examples: Sequence[Example], tokenized: Sequence[Tokenized], scores, combined,
-               selected: Sequence[int]) -> list[dict]:
-    """One row per pool example, sorted by score (ties: lower pool index first)."""
-    sel = set(selected)
-    rows = []
-    multi = len(scores.tasks) > 1
-    best_task = scores.score.nan_to_num(nan=float("-inf")).argmax(0)
-    for i, (ex, tok) in enumerate(zip(examples, tokenized)):
-        t = int(best_task[i])  # the parts shown are those of the task that gave the score
-        row = {
-            "id": ex.id, "source": ex.source, "line": ex.line,
-            "family": ex.meta.get("family", ex.meta.get("task")),
-            "score": float(combined[i]), "mean": float(scores.mean[t, i]),
-            "max": float(scores.max[t, i]), "coverage": float(scores.coverage[t, i]),
-            "n_tokens": len(tok.ids), "n_counted": int(sum(tok.counted)),
-            "n_scored": int(scores.n_scored[t, i]), "n_matched": int(scores.n_matched[t, i]),
-            "truncated": tok.truncated, "selected": i in sel, "_index": i,
-        }
-        if multi:
-            for ti, task in enumerate(scores.tasks):
-                row[f"score[{task}]"] = float(scores.score[ti, i])
-        rows.append(row)
-    rows.sort(key=lambda r: (-(r["score"] if r["score"] == r["score"] else float("-inf")), r["_index"]))
-    for rank, r in enumerate(rows, start=1):
-        r["rank"] = rank
-        r.pop("_index")
-    return rows
+def score_columns(scored, combined, selected: Sequence[int]) -> dict[str, list]:
+    """The score table as columns, one row per pool example, sorted by score (ties: lower pool
+    index first). The parts shown are those of the task whose bank gave the best score."""
+    import torch
+
+    p = len(scored.ids)
+    order = sorted(range(p), key=lambda i: (-_finite_or_neg_inf(float(combined[i])), i))
+    best_task = scored.score.nan_to_num(nan=float("-inf")).argmax(0)
+    pick = torch.arange(p)
+    chosen = torch.zeros(p, dtype=torch.bool)
+    chosen[list(selected)] = True
+    per_example = {
+        "id": scored.ids, "source": scored.sources, "line": scored.lines, "family": scored.families,
+        "score": combined.tolist(),
+        "mean": scored.mean[best_task, pick].tolist(), "max": scored.max[best_task, pick].tolist(),
+        "coverage": scored.coverage[best_task, pick].tolist(),
+        "n_tokens": scored.n_tokens.tolist(), "n_counted": scored.n_counted.tolist(),
+        "n_scored": scored.n_scored[best_task, pick].tolist(),
+        "n_matched": scored.n_matched[best_task, pick].tolist(),
+        "truncated": scored.truncated.tolist(), "selected": chosen.tolist(),
+    }
+    if len(scored.tasks) > 1:
+        for t, task in enumerate(scored.tasks):
+            per_example[f"score[{task}]"] = scored.score[t].tolist()
+    cols = {"rank": list(range(1, p + 1))}
+    for name, values in per_example.items():
+        cols[name] = [values[i] for i in order]
+    return cols
 
 
-def write_table(rows: list[dict], out_dir: str) -> None:
+def _finite_or_neg_inf(x: float) -> float:
+    return float("-inf") if x != x else x
+
+
+def write_table(cols: dict[str, list], out_dir: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not rows:
+    if not cols["rank"]:
         raise ValueError("no rows to write: the pool is empty")
-    columns = list(TABLE_COLUMNS) + [c for c in rows[0] if c not in TABLE_COLUMNS]
-    table = pa.table({c: [r.get(c) for r in rows] for c in columns})
+    table = pa.table(cols)
     with atomic_open(os.path.join(out_dir, "scores.parquet"), "wb") as f:
         pq.write_table(table, f)
     with atomic_open(os.path.join(out_dir, "sorted.csv")) as f:
         w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_clean(r.get(c)) for c in columns])
+        names = list(cols)
+        w.writerow(names)
+        for row in zip(*(cols[c] for c in names)):
+            w.writerow([_clean(v) for v in row])
 
 
-def write_coreset(examples: Sequence[Example], order: Sequence[int], path: str) -> None:
-    """The selected records unchanged, in score order, one JSON object a line."""
+def write_coreset(selected: Sequence[Example], path: str) -> None:
+    """The selected records unchanged, in the order given (score order), one JSON object a line."""
     with atomic_open(path) as f:
-        for i in order:
-            f.write(json.dumps(examples[i].raw, ensure_ascii=False) + "\n")
+        for ex in selected:
+            f.write(json.dumps(ex.raw, ensure_ascii=False) + "\n")
 
 
 def write_json(obj: dict, path: str) -> None:
@@ -109,7 +111,7 @@ def write_json(obj: dict, path: str) -> None:
         f.write("\n")
 
 
-def write_report(rows: list[dict], path: str, title: str = "trim-fast selection",
+def write_report(cols: dict[str, list], path: str, title: str = "trim-fast selection",
                  loss_curves: dict | None = None) -> None:
     """Score distribution, token lengths of pool vs selection, and each source's share."""
     import matplotlib
@@ -117,12 +119,14 @@ def write_report(rows: list[dict], path: str, title: str = "trim-fast selection"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = [r for r in rows if r["score"] == r["score"] and r["score"] not in (float("inf"), float("-inf"))]
+    rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+    finite = [r for r in rows if math.isfinite(r["score"])]
     chosen = [r for r in rows if r["selected"]]
     n_panels = 4 if loss_curves else 3
     fig, ax = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4))
     ax[0].hist([r["score"] for r in finite], bins=40, color="#999", label="pool")
-    ax[0].hist([r["score"] for r in chosen if r in finite], bins=40, color="#d62", label="selected")
+    ax[0].hist([r["score"] for r in chosen if math.isfinite(r["score"])], bins=40, color="#d62",
+               label="selected")
     ax[0].set(title="score distribution", xlabel="score S", ylabel="examples")
     ax[0].legend()
     ax[1].hist([r["n_tokens"] for r in rows], bins=40, color="#999", density=True, label="pool")
