@@ -21,7 +21,7 @@ def visible_counts(
             m = m.clamp(max=window)
     else:
         if window is None:
-            n = length.expand_as(pos)
+            n = torch.broadcast_tensors(length, pos)[0]  # [B, 1] with [1, N]
         else:
             lo = (pos - window + 1).clamp(min=0)
             hi = torch.minimum(pos + window - 1, length - 1)
