@@ -21,8 +21,8 @@ def matched_cosines(hidden_flat: torch.Tensor, token_index: torch.Tensor, bank_r
     bad = torch.zeros(token_index.numel(), dtype=torch.bool, device=hidden_flat.device)
     for start in range(0, token_index.numel(), block):
         sl = slice(start, start + block)
-        h = hidden_flat[token_index[sl]].float()
-        f = vectors[bank_rows[sl]]
+        h = hidden_flat.index_select(0, token_index[sl]).float()
+        f = vectors.index_select(0, bank_rows[sl])
         ss = (h * h).sum(-1)
         dot = (h * f).sum(-1)
         bad[sl] = ~(torch.isfinite(ss) & torch.isfinite(dot) & (ss > 0))
@@ -35,16 +35,18 @@ def token_scores_blockwise(hidden, rows, fallback_score, vectors):
     number of bad (NaN/Inf/zero) matched hidden rows."""
     b, n, d = hidden.shape
     flat_rows = rows.reshape(-1)
-    score = torch.full((b * n,), float("nan"), dtype=torch.float32, device=hidden.device)
     matched_idx = (flat_rows >= 0).nonzero().squeeze(1)
-    cos, bad = matched_cosines(hidden.reshape(b * n, d), matched_idx, flat_rows[matched_idx], vectors)
-    score[matched_idx] = cos
-    fb = flat_rows == -1
-    score[fb] = fallback_score.reshape(-1)[fb].float()
-    matched = (flat_rows >= 0).clone()
-    matched[matched_idx[bad]] = False
-    scored = (flat_rows >= -1).clone()
-    scored[matched_idx[bad]] = False
+    cos, bad = matched_cosines(hidden.reshape(b * n, d), matched_idx,
+                               flat_rows.index_select(0, matched_idx), vectors)
+    is_fallback = flat_rows == -1
+    score = torch.where(is_fallback, fallback_score.reshape(-1).float(),
+                        torch.full((b * n,), float("nan"), device=hidden.device))
+    score.index_copy_(0, matched_idx, cos)
+    bad_flat = torch.zeros(b * n, dtype=torch.bool, device=hidden.device)
+    bad_flat.index_copy_(0, matched_idx, bad)
+    matched = (flat_rows >= 0) & ~bad_flat
+    scored = (is_fallback | matched)
+    score = torch.where(scored, score, torch.full_like(score, float("nan")))
     return (score.view(b, n), matched.view(b, n), scored.view(b, n), int(bad.sum()))
 
 
