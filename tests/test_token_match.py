@@ -251,3 +251,17 @@ def test_selected_set_identical_to_reference(backend):
         assert select_top_k(fast, 10).tolist() == reference.select_top_k(ref, 10).tolist()
         everything = select_top_k(fast, 40).tolist()
         assert everything == reference.select_top_k(ref, 40).tolist() and 7 not in everything
+
+
+def test_prebuilt_index_is_used():
+    from trim_fast.index import NearestFingerprintIndex
+
+    bank = make_bank(24)
+    hidden, ids, counted = make_batch(25)
+    ivf = NearestFingerprintIndex(bank.vectors, backend="faiss-cpu", kind="ivf", nlist=4, nprobe=4)
+    got = match_and_pool(hidden, ids, counted, bank, backend="torch", index=ivf)
+    want = match_and_pool(hidden, ids, counted, bank, backend="reference")
+    assert_pooled_close(got, want)  # IVF probing every list is exact
+    other = NearestFingerprintIndex(bank.vectors[:5], backend="torch")
+    with pytest.raises(ValueError, match="not built over this bank"):
+        match_and_pool(hidden, ids, counted, bank, backend="torch", index=other)

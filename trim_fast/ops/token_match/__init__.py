@@ -203,13 +203,15 @@ def match_and_pool(
     w_coverage: float = 0.05,
     backend: str = "auto",
     index_backend: str = "auto",
+    index=None,
 ) -> PooledScores:
     """Score a batch of candidates against one bank. See the module docstring.
 
     hidden ``[B, N, d]`` (last hidden state, any float dtype); token_ids ``[B, N]``; counted
     ``[B, N]`` bool; bank: :class:`FingerprintBank` (or :class:`BankTables`); idf ``[V]`` or
     ``None`` (weights 1). ``index_backend`` picks the nearest-fingerprint search
-    (:mod:`trim_fast.index`).
+    (:mod:`trim_fast.index`); ``index``: a prebuilt ``NearestFingerprintIndex`` over this bank's
+    vectors (e.g. ``kind="hnsw"`` for very large banks) to use instead.
     """
     _check_options(fallback, fallback_penalty)
     if backend == "reference":
@@ -218,6 +220,11 @@ def match_and_pool(
                                          w_mean=w_mean, w_max=w_max, w_coverage=w_coverage)
     name = resolve_backend(backend, hidden.device)
     tables = bank_tables(bank, hidden.device, index_backend=index_backend)
+    if index is not None:
+        if getattr(index, "num_classes", None) != tables.vectors.shape[0]:
+            raise ValueError("index: the given nearest-fingerprint index was not built over this "
+                             "bank's vectors (class counts differ)")
+        tables = BankTables(tables.vectors, tables.row_table, index)
     _check_inputs(hidden, token_ids, counted, tables.vectors.shape[1])
     rows, fb, weights = prepare_tokens(hidden, token_ids, counted, tables, idf=idf,
                                        fallback=fallback, fallback_penalty=fallback_penalty,

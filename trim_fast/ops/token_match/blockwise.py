@@ -23,8 +23,9 @@ def matched_cosines(hidden_flat: torch.Tensor, token_index: torch.Tensor, bank_r
         sl = slice(start, start + block)
         h = hidden_flat.index_select(0, token_index[sl]).float()
         f = vectors.index_select(0, bank_rows[sl])
-        ss = (h * h).sum(-1)
-        dot = (h * f).sum(-1)
+        # Row-wise dot products as batched [1, d] @ [d, 1] products: one pass, BLAS-backed.
+        ss = torch.bmm(h.unsqueeze(1), h.unsqueeze(2)).view(-1)
+        dot = torch.bmm(h.unsqueeze(1), f.unsqueeze(2)).view(-1)
         bad[sl] = ~(torch.isfinite(ss) & torch.isfinite(dot) & (ss > 0))
         cos[sl] = dot / ss.sqrt()
     return cos, bad
