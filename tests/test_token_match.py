@@ -265,3 +265,24 @@ def test_prebuilt_index_is_used():
     other = NearestFingerprintIndex(bank.vectors[:5], backend="torch")
     with pytest.raises(ValueError, match="not built over this bank"):
         match_and_pool(hidden, ids, counted, bank, backend="torch", index=other)
+
+
+@pytest.mark.skipif(not TRITON_OK, reason="no CUDA, no interpreter")
+@pytest.mark.parametrize("num_splits", [2, 3])
+def test_triton_token_splits_match_naive(num_splits):
+    """Splitting an example's tokens across programs (partials reduced after) changes nothing."""
+    from trim_fast.ops.token_match.triton import pool_triton
+
+    g = torch.Generator().manual_seed(26)
+    b, n, c = 3, 80, 6
+    hidden = torch.randn(b, n, D, generator=g)
+    vectors = torch.nn.functional.normalize(torch.randn(c, D, generator=g), dim=-1)
+    rows = torch.randint(-2, c, (b, n), generator=g)
+    rows[2, 20:] = -2  # a split with nothing scored
+    fb = torch.rand(b, n, generator=g) * 0.1
+    w = torch.rand(b, n, generator=g) + 1
+    got = pool_triton(hidden, rows, fb, w, vectors, num_splits=num_splits)
+    want = pool_naive(hidden, rows, fb, w, vectors)
+    assert got[5] == want[5] == 0
+    for x, y in zip(got[:5], want[:5]):
+        torch.testing.assert_close(x.double(), y.double(), rtol=1e-5, atol=1e-5)
