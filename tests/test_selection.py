@@ -1,0 +1,65 @@
+"""select_top_k and combine_tasks (SPEC 4) against the reference."""
+import pytest
+import torch
+
+from trim_fast import reference
+from trim_fast.selection import combine_tasks, num_selected, select, select_top_k
+
+
+def tied_scores(seed, p=200):
+    """Coarse values (many exact ties), with -inf, NaN, +inf and signed zeros mixed in."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(-3, 4, (p,), generator=g).float() / 4
+    s[torch.rand(p, generator=g) < 0.1] = float("-inf")
+    s[torch.rand(p, generator=g) < 0.05] = float("nan")
+    s[5], s[6], s[7] = float("inf"), -0.0, 0.0
+    return s
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [0, 1, 17, 150, 500])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_select_top_k_matches_reference(seed, k, dtype):
+    s = tied_scores(seed).to(dtype)
+    got = select_top_k(s, k)
+    assert got.dtype == torch.long
+    assert got.tolist() == reference.select_top_k(s, k).tolist()
+
+
+def test_ties_go_to_lower_index_and_invalid_never_selected():
+    s = torch.tensor([0.5, 0.7, 0.5, float("-inf"), 0.7, float("nan"), 0.5])
+    assert select_top_k(s, 10).tolist() == [1, 4, 0, 2, 6]
+    assert select_top_k(torch.full((4,), float("-inf")), 2).tolist() == []
+
+
+def test_select_top_k_rejects_bad_input():
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        select_top_k(torch.zeros(3), -1)
+    with pytest.raises(ValueError, match="1-D"):
+        select_top_k(torch.zeros(2, 3), 1)
+
+
+@pytest.mark.parametrize("how", ["max", "mean"])
+def test_combine_tasks_matches_reference(how):
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(3, 50, generator=g)
+    t[0, :5] = float("-inf")
+    t[:, 10] = float("-inf")
+    torch.testing.assert_close(combine_tasks(t, how), reference.combine_tasks(t, how), equal_nan=True)
+    torch.testing.assert_close(combine_tasks(list(t), how), reference.combine_tasks(t, how))
+
+
+def test_combine_tasks_rejects_bad_input():
+    with pytest.raises(ValueError, match="how must be"):
+        combine_tasks(torch.zeros(2, 3), "median")
+    with pytest.raises(ValueError, match="tasks, pool"):
+        combine_tasks(torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="differ in shape"):
+        combine_tasks([torch.zeros(3), torch.zeros(4)])
+
+
+def test_select_uses_num_selected():
+    s = torch.linspace(0, 1, 101)
+    assert num_selected(101) == 5
+    assert select(s).tolist() == reference.select_top_k(s, 5).tolist()
+    assert select(s, k=3).tolist() == [100, 99, 98]

@@ -1,0 +1,315 @@
+"""Fingerprint banks (SPEC section 2): one unit vector per token class of a target task.
+
+A bank is a dense ``[C, d]`` fp32 matrix of unit rows plus the sorted class ids, so a candidate
+token with a fingerprint is a gather (``row_of_token``), not a search. Banks are built in one
+call (:meth:`FingerprintBank.build`) or streamed batch by batch (:class:`FingerprintAccumulator`),
+both accumulating in float64 exactly as :func:`trim_fast.reference.build_fingerprints`.
+
+On disk a bank is a safetensors file; its JSON header (model id, tokenizer hash, layers, weights,
+scope, creation parameters) lives in the safetensors metadata, so a bank built with one tokenizer
+is refused when loaded for another. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+
+from trim_fast.reference import Fingerprints
+from trim_fast.validation import check_finite
+
+FORMAT = "trim_fast.fingerprint_bank"
+FORMAT_VERSION = 1
+_TENSOR_NAMES = ("classes", "vectors", "counts", "mass")
+# A loaded row whose norm is off by more than this is not a fingerprint (corrupt file).
+_UNIT_TOLERANCE = 1e-3
+
+
+def _check_target_tokens(hidden: torch.Tensor, token_ids: torch.Tensor, alpha: torch.Tensor,
+                         where: str) -> None:
+    if not isinstance(hidden, torch.Tensor) or not isinstance(token_ids, torch.Tensor) \
+            or not isinstance(alpha, torch.Tensor):
+        raise TypeError(f"{where}: hidden, token_ids and alpha must be torch tensors")
+    if hidden.ndim != 2 or token_ids.shape != hidden.shape[:1] or alpha.shape != hidden.shape[:1]:
+        raise ValueError(
+            f"{where}: expected hidden [M, d], token_ids [M], alpha [M]; got "
+            f"{tuple(hidden.shape)}, {tuple(token_ids.shape)}, {tuple(alpha.shape)}")
+    if not hidden.is_floating_point():
+        raise TypeError(f"{where}: hidden states must be floating point, got {hidden.dtype}")
+    if token_ids.is_floating_point() or token_ids.dtype == torch.bool:
+        raise TypeError(f"{where}: token_ids must be an integer tensor, got {token_ids.dtype}")
+    if token_ids.numel() and int(token_ids.min()) < 0:
+        raise ValueError(f"{where}: token_ids must be >= 0 (padding must be masked out, not "
+                         f"passed as a negative id)")
+    check_finite(hidden, "hidden states")
+    check_finite(alpha, "alpha")
+
+
+def _unit_rows64(hidden: torch.Tensor) -> torch.Tensor:
+    h = hidden.double()
+    norm = h.norm(dim=-1, keepdim=True)
+    if bool((norm == 0).any()):
+        raise ValueError(f"hidden states: {int((norm == 0).sum())} row(s) have zero norm; "
+                         f"a zero hidden state has no direction to fingerprint")
+    return h / norm
+
+
+class FingerprintAccumulator:
+    """Per-class sums ``sum alpha * h_hat`` (float64) over target batches; ``finish`` builds the bank.
+
+    ``add`` may be called any number of times (one call per target batch); the result equals
+    :meth:`FingerprintBank.build` on the concatenation, up to float64 summation order.
+    """
+
+    def __init__(self, d: int, *, device: torch.device | str = "cpu") -> None:
+        if int(d) <= 0:
+            raise ValueError(f"FingerprintAccumulator: hidden size d must be positive, got {d}")
+        self.d = int(d)
+        self.device = torch.device(device)
+        self.classes = torch.empty(0, dtype=torch.long, device=self.device)
+        self.sums = torch.empty(0, self.d, dtype=torch.float64, device=self.device)
+        self.counts = torch.empty(0, dtype=torch.long, device=self.device)
+        self.mass = torch.empty(0, dtype=torch.float64, device=self.device)
+
+    def add(self, hidden: torch.Tensor, token_ids: torch.Tensor, alpha: torch.Tensor) -> None:
+        """Add counted target tokens, flattened: ``hidden [M, d]``, ``token_ids [M]``, ``alpha [M]``."""
+        _check_target_tokens(hidden, token_ids, alpha, "FingerprintAccumulator.add")
+        if hidden.shape[1] != self.d:
+            raise ValueError(f"FingerprintAccumulator.add: hidden size {hidden.shape[1]} differs "
+                             f"from the accumulator's d={self.d}")
+        if hidden.shape[0] == 0:
+            return
+        hidden = hidden.to(self.device)
+        token_ids = token_ids.to(self.device, torch.long)
+        alpha64 = alpha.to(self.device, torch.float64)
+        weighted = alpha64[:, None] * _unit_rows64(hidden)
+        # Merge old and new classes in one sorted set, then scatter-add both into it.
+        all_ids = torch.cat([self.classes, token_ids])
+        classes, inverse = torch.unique(all_ids, sorted=True, return_inverse=True)
+        old_rows, new_rows = inverse[: self.classes.numel()], inverse[self.classes.numel():]
+        c = classes.numel()
+        sums = torch.zeros(c, self.d, dtype=torch.float64, device=self.device)
+        sums.index_add_(0, old_rows, self.sums)
+        sums.index_add_(0, new_rows, weighted)
+        counts = torch.zeros(c, dtype=torch.long, device=self.device)
+        counts.index_add_(0, old_rows, self.counts)
+        counts.index_add_(0, new_rows, torch.ones_like(token_ids))
+        mass = torch.zeros(c, dtype=torch.float64, device=self.device)
+        mass.index_add_(0, old_rows, self.mass)
+        mass.index_add_(0, new_rows, alpha64)
+        self.classes, self.sums, self.counts, self.mass = classes, sums, counts, mass
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.counts.sum())
+
+    def finish(self, meta: dict | None = None, *, min_norm: float = 1e-6) -> "FingerprintBank":
+        """Normalise the sums; classes whose sum has norm < ``min_norm`` are dropped (SPEC 2)."""
+        if self.classes.numel() == 0:
+            raise ValueError("FingerprintBank: the target set has no counted tokens")
+        norm = self.sums.norm(dim=-1)
+        keep = norm >= min_norm
+        if not bool(keep.any()):
+            raise ValueError("FingerprintBank: every class has a zero weighted sum; no fingerprint")
+        vectors = (self.sums[keep] / norm[keep, None]).float()
+        meta = dict(meta or {})
+        meta.setdefault("min_norm", min_norm)
+        return FingerprintBank(
+            classes=self.classes[keep].cpu(),
+            vectors=vectors.cpu(),
+            counts=self.counts[keep].cpu(),
+            mass=self.mass[keep].float().cpu(),
+            meta=meta,
+        )
+
+
+@dataclass(eq=False)
+class FingerprintBank:
+    """``classes [C]`` (sorted token ids), unit ``vectors [C, d]`` fp32, ``counts [C]``, ``mass [C]``
+    and ``meta`` (JSON-able: model id, tokenizer hash, L, weights, scope, parameters)."""
+
+    classes: torch.Tensor
+    vectors: torch.Tensor
+    counts: torch.Tensor
+    mass: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_bank_tensors(self.classes, self.vectors, self.counts, self.mass, "FingerprintBank")
+        try:
+            json.dumps(self.meta)
+        except TypeError as exc:
+            raise TypeError(f"FingerprintBank: meta must be JSON-serialisable ({exc})") from None
+        self._row_table: torch.Tensor | None = None
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, hidden: torch.Tensor, token_ids: torch.Tensor, alpha: torch.Tensor, *,
+              meta: dict | None = None, min_norm: float = 1e-6) -> "FingerprintBank":
+        """SPEC 2 over counted target tokens, flattened (``hidden [M, d]``, ``token_ids [M]``,
+        ``alpha [M]``); the same classes and vectors as ``reference.build_fingerprints``."""
+        _check_target_tokens(hidden, token_ids, alpha, "FingerprintBank.build")
+        if hidden.shape[0] == 0:
+            raise ValueError("FingerprintBank.build: the target set has no counted tokens")
+        acc = FingerprintAccumulator(hidden.shape[1], device=hidden.device)
+        acc.add(hidden, token_ids, alpha)
+        return acc.finish(meta, min_norm=min_norm)
+
+    # -- shape ----------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return int(self.classes.numel())
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return self.num_classes
+
+    def row_of_token(self, vocab_size: int | None = None) -> torch.Tensor:
+        """``LongTensor [V]``: the bank row of each token id, ``-1`` for ids without a fingerprint.
+        ``vocab_size=None`` gives the shortest table (``max class + 1``)."""
+        top = int(self.classes.max()) + 1
+        if vocab_size is None:
+            if self._row_table is None:
+                self._row_table = self._make_row_table(top)
+            return self._row_table
+        if vocab_size < top:
+            raise ValueError(f"row_of_token: vocab_size {vocab_size} is smaller than the bank's "
+                             f"largest class id + 1 ({top}); was the bank built with another tokenizer?")
+        return self._make_row_table(int(vocab_size))
+
+    def _make_row_table(self, size: int) -> torch.Tensor:
+        table = torch.full((size,), -1, dtype=torch.long, device=self.classes.device)
+        table[self.classes] = torch.arange(self.num_classes, device=self.classes.device)
+        return table
+
+    def to(self, device: torch.device | str) -> "FingerprintBank":
+        return FingerprintBank(self.classes.to(device), self.vectors.to(device),
+                               self.counts.to(device), self.mass.to(device), dict(self.meta))
+
+    def as_reference(self) -> Fingerprints:
+        """The same bank as the reference's :class:`Fingerprints` (CPU)."""
+        return Fingerprints(self.classes.cpu(), self.vectors.cpu(), self.counts.cpu(), self.mass.cpu())
+
+    @classmethod
+    def from_reference(cls, fp: Fingerprints, meta: dict | None = None) -> "FingerprintBank":
+        return cls(fp.classes, fp.vectors, fp.counts, fp.mass, dict(meta or {}))
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a safetensors file (tensors + JSON header in its metadata), atomically."""
+        from safetensors.torch import save_file
+
+        path = os.fspath(path)
+        tensors = {
+            "classes": self.classes.detach().to("cpu", torch.int64).contiguous(),
+            "vectors": self.vectors.detach().to("cpu", torch.float32).contiguous(),
+            "counts": self.counts.detach().to("cpu", torch.int64).contiguous(),
+            "mass": self.mass.detach().to("cpu", torch.float32).contiguous(),
+        }
+        header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(self.meta)}
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".bank-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=header)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, expect: dict | None = None,
+             device: torch.device | str = "cpu") -> "FingerprintBank":
+        """Read a bank written by :meth:`save`. ``expect`` (e.g. ``{"tokenizer_hash": ...,
+        "model_id": ...}``) must agree with the header, else ``ValueError`` says which differs."""
+        from safetensors import safe_open
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"fingerprint bank {path!r} does not exist")
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                header = f.metadata() or {}
+                names = set(f.keys())
+                tensors = {name: f.get_tensor(name) for name in _TENSOR_NAMES if name in names}
+        except Exception as exc:  # noqa: BLE001 - every parse failure is "not a bank file"
+            raise ValueError(f"{path!r} is not a readable fingerprint bank (corrupt or not a "
+                             f"safetensors file): {exc}") from None
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path!r} is a safetensors file but not a trim_fast fingerprint bank "
+                             f"(header format {header.get('format')!r})")
+        if header.get("version") != str(FORMAT_VERSION):
+            raise ValueError(f"{path!r}: bank format version {header.get('version')!r} is not "
+                             f"supported (this build reads version {FORMAT_VERSION})")
+        missing = [n for n in _TENSOR_NAMES if n not in tensors]
+        if missing:
+            raise ValueError(f"{path!r}: fingerprint bank lacks tensor(s) {missing}")
+        try:
+            meta = json.loads(header.get("meta", "{}"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path!r}: the bank's JSON header is corrupt ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path!r}: the bank's JSON header must be an object")
+        _check_bank_tensors(tensors["classes"], tensors["vectors"], tensors["counts"],
+                            tensors["mass"], f"{path!r}", check_unit=True)
+        check_against(meta, expect, path)
+        bank = cls(tensors["classes"], tensors["vectors"], tensors["counts"], tensors["mass"], meta)
+        return bank if torch.device(device).type == "cpu" else bank.to(device)
+
+
+_EXPECT_WORDS = {"tokenizer_hash": "tokenizer", "model_id": "model"}
+
+
+def check_against(meta: dict, expect: dict | None, where: str = "fingerprint bank") -> None:
+    """Refuse a bank whose header disagrees with this run (``expect``): names the first key."""
+    if not expect:
+        return
+    for key, want in expect.items():
+        have = meta.get(key)
+        if have != want:
+            word = _EXPECT_WORDS.get(key, key)
+            if key not in meta:
+                raise ValueError(f"{where}: the bank's header has no {key!r}; this run expects "
+                                 f"{word} {want!r}")
+            raise ValueError(f"{where}: bank was built with {word} {have!r}, this run uses "
+                             f"{want!r}; rebuild the bank with this {word}")
+
+
+def _check_bank_tensors(classes, vectors, counts, mass, where, *, check_unit: bool = False) -> None:
+    for name, t in (("classes", classes), ("vectors", vectors), ("counts", counts), ("mass", mass)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{where}: {name} must be a torch tensor")
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise ValueError(f"{where}: vectors must be [classes, d] with d > 0, got {tuple(vectors.shape)}")
+    c = vectors.shape[0]
+    if c == 0:
+        raise ValueError(f"{where}: the bank has no fingerprints (zero classes)")
+    for name, t in (("classes", classes), ("counts", counts), ("mass", mass)):
+        if tuple(t.shape) != (c,):
+            raise ValueError(f"{where}: {name} must have shape [{c}] to match vectors "
+                             f"{tuple(vectors.shape)}, got {tuple(t.shape)}")
+    if classes.is_floating_point() or classes.dtype == torch.bool:
+        raise ValueError(f"{where}: classes must be integer token ids, got {classes.dtype}")
+    if not vectors.is_floating_point():
+        raise ValueError(f"{where}: vectors must be floating point, got {vectors.dtype}")
+    if int(classes.min()) < 0:
+        raise ValueError(f"{where}: classes contain a negative token id")
+    if c > 1 and not bool((classes[1:] > classes[:-1]).all()):
+        raise ValueError(f"{where}: classes must be strictly increasing token ids")
+    if not bool(torch.isfinite(vectors).all()):
+        raise ValueError(f"{where}: vectors contain NaN/Inf")
+    if check_unit:
+        norms = vectors.double().norm(dim=-1)
+        if bool(((norms - 1).abs() > _UNIT_TOLERANCE).any()):
+            raise ValueError(f"{where}: fingerprint vectors are not unit rows (norms in "
+                             f"[{float(norms.min()):.4g}, {float(norms.max()):.4g}])")
+
+
+__all__ = ["FingerprintBank", "FingerprintAccumulator", "check_against", "FORMAT"]
