@@ -26,3 +26,25 @@ def smollm_tokenizer():
     from trim_fast.models.loading import load_tokenizer
 
     return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer):
+    """A tiny random Llama (GQA) saved with the SmolLM2 tokenizer: an HF model directory."""
+    from transformers import AutoModelForCausalLM
+
+    from trim_fast.models.tiny import tiny_config
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(path)
+    smollm_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """A small labelled demo pool (60 examples, 6 families) with 4 targets per family."""
+    from trim_fast.demo.generate import generate
+
+    return generate(str(tmp_path_factory.mktemp("demo")), pool_size=60, targets_per_family=4, seed=0)

@@ -18,6 +18,9 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
     """Write to a temp file beside ``path`` and rename it in place only when the block succeeds."""
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + "-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
@@ -111,6 +114,14 @@ def write_json(obj: dict, path: str) -> None:
         f.write("\n")
 
 
+def _bins(values: list, n: int = 40) -> list[float]:
+    """Shared bin edges, so pool and selection histograms line up."""
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return [lo + (hi - lo) * i / n for i in range(n + 1)]
+
+
 def write_report(cols: dict[str, list], path: str, title: str = "trim-fast selection",
                  loss_curves: dict | None = None) -> None:
     """Score distribution, token lengths of pool vs selection, and each source's share."""
@@ -124,14 +135,17 @@ def write_report(cols: dict[str, list], path: str, title: str = "trim-fast selec
     chosen = [r for r in rows if r["selected"]]
     n_panels = 4 if loss_curves else 3
     fig, ax = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4))
-    ax[0].hist([r["score"] for r in finite], bins=40, color="#999", label="pool")
-    ax[0].hist([r["score"] for r in chosen if math.isfinite(r["score"])], bins=40, color="#d62",
-               label="selected")
+    score_bins = _bins([r["score"] for r in finite])
+    ax[0].hist([r["score"] for r in finite], bins=score_bins, color="#999", label="pool")
+    ax[0].hist([r["score"] for r in chosen if math.isfinite(r["score"])], bins=score_bins,
+               color="#d62", label="selected")
     ax[0].set(title="score distribution", xlabel="score S", ylabel="examples")
     ax[0].legend()
-    ax[1].hist([r["n_tokens"] for r in rows], bins=40, color="#999", density=True, label="pool")
-    ax[1].hist([r["n_tokens"] for r in chosen], bins=40, color="#d62", alpha=0.7, density=True,
-               label="selected")
+    length_bins = _bins([r["n_tokens"] for r in rows])
+    ax[1].hist([r["n_tokens"] for r in rows], bins=length_bins, color="#999", density=True,
+               label="pool")
+    ax[1].hist([r["n_tokens"] for r in chosen], bins=length_bins, color="#d62", alpha=0.7,
+               density=True, label="selected")
     ax[1].set(title="length (tokens)", xlabel="tokens", ylabel="density")
     ax[1].legend()
     sources = sorted({r["source"] for r in rows})

@@ -6,6 +6,7 @@ The embedded default is SmolLM2-135M-Instruct, a GGUF file inside the ``llm-smol
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -78,12 +79,25 @@ def load_model(name: str | None = None, *, adapter: str | None = None, device: s
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path, kw = _resolve(name)
     torch_dtype = parse_dtype(dtype, dev)
-    if adapter is not None:
-        model = _load_merged(path, kw, adapter, torch_dtype, attn_implementation)
-    else:
-        model = AutoModel.from_pretrained(path, dtype=torch_dtype,
-                                          attn_implementation=attn_implementation, **kw)
+    with _quiet_load_report():  # the LM head a base model leaves out is expected, not news
+        if adapter is not None:
+            model = _load_merged(path, kw, adapter, torch_dtype, attn_implementation)
+        else:
+            model = AutoModel.from_pretrained(path, dtype=torch_dtype,
+                                              attn_implementation=attn_implementation, **kw)
     return model.to(dev).eval()
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _load_merged(path, kw, adapter, torch_dtype, attn_implementation):
