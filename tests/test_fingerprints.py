@@ -242,3 +242,9 @@ def test_index_rejects_bad_input():
         NearestFingerprintIndex(unit(torch.randn(5, 4)), backend="torch", kind="hnsw")
     with pytest.raises(ValueError, match="backend must be"):
         NearestFingerprintIndex(unit(torch.randn(5, 4)), backend="annoy")
+
+
+def test_meta_must_be_json():
+    hidden, ids, alpha = target_tokens(13, m=10)
+    with pytest.raises(TypeError, match="JSON"):
+        FingerprintBank.build(hidden, ids, alpha, meta={"when": object()})
