@@ -87,6 +87,9 @@ def _has_triton() -> bool:
 def bank_tables(bank, device: torch.device, *, index_backend: str = "auto") -> BankTables:
     """The bank's vectors and row table on ``device``, cached on the bank object."""
     if isinstance(bank, BankTables):
+        if (bank.vectors.device == device and bank.vectors.dtype == torch.float32
+                and bank.row_table.device == device and bank.row_table.dtype == torch.long):
+            return bank  # as given, so an index built for it is kept for the next call
         return BankTables(bank.vectors.to(device).float(), bank.row_table.to(device).long(),
                           bank.index)
     if isinstance(bank, tuple) and len(bank) == 2:
