@@ -162,12 +162,13 @@ def test_nan_hidden_is_a_clear_error(backend, where):
         match_and_pool(hidden, ids, counted, bank, backend=backend)
 
 
-def test_uncounted_positions_are_never_read():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_uncounted_positions_are_never_read(backend):
     bank = make_bank(13)
     hidden, ids, counted = make_batch(14)
-    clean = match_and_pool(hidden, ids, counted, bank, backend="torch")
+    clean = match_and_pool(hidden, ids, counted, bank, backend=backend)
     hidden[~counted] = float("nan")  # padding / template positions
-    dirty = match_and_pool(hidden, ids, counted, bank, backend="torch")
+    dirty = match_and_pool(hidden, ids, counted, bank, backend=backend)
     assert_pooled_close(dirty, clean, atol=0)
 
 
