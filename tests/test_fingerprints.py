@@ -242,3 +242,35 @@ def test_index_rejects_bad_input():
         NearestFingerprintIndex(unit(torch.randn(5, 4)), backend="torch", kind="hnsw")
     with pytest.raises(ValueError, match="backend must be"):
         NearestFingerprintIndex(unit(torch.randn(5, 4)), backend="annoy")
+
+
+def test_meta_must_be_json():
+    hidden, ids, alpha = target_tokens(13, m=10)
+    with pytest.raises(TypeError, match="JSON"):
+        FingerprintBank.build(hidden, ids, alpha, meta={"when": object()})
+
+
+def test_class_sums_matmul_path_equals_index_add():
+    """The deterministic one-hot path (used on CUDA) sums the same as index_add_."""
+    from trim_fast import fingerprints
+
+    hidden, ids, alpha = target_tokens(14, m=700, vocab=40)
+    rows = torch.cat([hidden.double(), alpha.double()[:, None]], dim=1)
+    old = fingerprints._ONEHOT_BLOCK
+    fingerprints._ONEHOT_BLOCK = 128  # several blocks
+    try:
+        c1, s1, n1 = fingerprints.class_sums(ids, rows, use_matmul=True)
+    finally:
+        fingerprints._ONEHOT_BLOCK = old
+    c2, s2, n2 = fingerprints.class_sums(ids, rows, use_matmul=False)
+    assert torch.equal(c1, c2) and torch.equal(n1, n2)
+    torch.testing.assert_close(s1, s2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_cuda_build_is_deterministic_and_matches_reference():
+    hidden, ids, alpha = target_tokens(15, m=5000, vocab=50)
+    first = FingerprintBank.build(hidden.cuda(), ids.cuda(), alpha.cuda(), meta={})
+    second = FingerprintBank.build(hidden.cuda(), ids.cuda(), alpha.cuda(), meta={})
+    assert torch.equal(first.vectors, second.vectors) and torch.equal(first.mass, second.mass)
+    assert_bank_matches(first, reference.build_fingerprints(hidden, ids, alpha))

@@ -63,3 +63,16 @@ def test_select_uses_num_selected():
     assert num_selected(101) == 5
     assert select(s).tolist() == reference.select_top_k(s, 5).tolist()
     assert select(s, k=3).tolist() == [100, 99, 98]
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_score = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                   st.sampled_from([0.0, -0.0, 0.25, 0.5, float("-inf")]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(_score, max_size=40), k=st.integers(0, 45))
+def test_select_top_k_property(values, k):
+    s = torch.tensor(values, dtype=torch.float32)
+    assert select_top_k(s, k).tolist() == reference.select_top_k(s, k).tolist()

@@ -7,14 +7,7 @@ import torch
 from trim_fast import reference
 from trim_fast._ext import HAS_C
 from trim_fast.fingerprints import FingerprintBank
-from trim_fast.ops.token_match import (
-    BankTables,
-    match_and_pool,
-    prepare_tokens,
-    bank_tables,
-    token_scores,
-)
-from trim_fast.ops.token_match.blockwise import pool_blockwise
+from trim_fast.ops.token_match import BankTables, PooledScores, match_and_pool, token_scores
 from trim_fast.ops.token_match.naive import pool_naive
 from trim_fast.scoring import DocumentFrequency, score_batch, stack_pooled
 from trim_fast.selection import combine_tasks, select_top_k
@@ -169,12 +162,13 @@ def test_nan_hidden_is_a_clear_error(backend, where):
         match_and_pool(hidden, ids, counted, bank, backend=backend)
 
 
-def test_uncounted_positions_are_never_read():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_uncounted_positions_are_never_read(backend):
     bank = make_bank(13)
     hidden, ids, counted = make_batch(14)
-    clean = match_and_pool(hidden, ids, counted, bank, backend="torch")
+    clean = match_and_pool(hidden, ids, counted, bank, backend=backend)
     hidden[~counted] = float("nan")  # padding / template positions
-    dirty = match_and_pool(hidden, ids, counted, bank, backend="torch")
+    dirty = match_and_pool(hidden, ids, counted, bank, backend=backend)
     assert_pooled_close(dirty, clean, atol=0)
 
 
@@ -286,3 +280,36 @@ def test_triton_token_splits_match_naive(num_splits):
     assert got[5] == want[5] == 0
     for x, y in zip(got[:5], want[:5]):
         torch.testing.assert_close(x.double(), y.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fallback", ["nearest", "skip"])
+def test_cuda_matches_reference(backend, dtype, fallback):
+    bank = make_bank(27)
+    hidden, ids, counted = make_batch(28, dtype=dtype)
+    idf = pool_idf(29)
+    got = match_and_pool(hidden.cuda(), ids.cuda(), counted.cuda(), bank, idf=idf.cuda(),
+                         fallback=fallback, backend=backend)
+    want = match_and_pool(hidden, ids, counted, bank, idf=idf, fallback=fallback,
+                          backend="reference")
+    assert got.score.is_cuda
+    assert_pooled_close(PooledScores(*(getattr(got, f).cpu() for f in PooledScores.__dataclass_fields__)),
+                        want)
+
+
+@pytest.mark.gpu
+def test_cuda_index_agrees_with_cpu():
+    from trim_fast.index import NearestFingerprintIndex, faiss_has_gpu
+
+    g = torch.Generator().manual_seed(30)
+    vectors = torch.nn.functional.normalize(torch.randn(500, 64, generator=g), dim=-1)
+    queries = torch.nn.functional.normalize(torch.randn(300, 64, generator=g), dim=-1)
+    want_best, want_rows = NearestFingerprintIndex(vectors, backend="faiss-cpu").search(queries)
+    backends = ["torch"] + (["faiss-gpu"] if faiss_has_gpu() else [])
+    for name in backends:
+        best, rows = NearestFingerprintIndex(vectors.cuda(), backend=name).search(queries.cuda())
+        assert best.is_cuda and rows.is_cuda
+        torch.testing.assert_close(best.cpu(), want_best, rtol=0, atol=1e-5)
+        assert float((rows.cpu() == want_rows).float().mean()) > 0.99

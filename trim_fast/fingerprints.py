@@ -57,6 +57,38 @@ def _unit_rows64(hidden: torch.Tensor) -> torch.Tensor:
     return h / norm
 
 
+# Tokens per one-hot block of the deterministic (matmul) class sum.
+_ONEHOT_BLOCK = 2048
+
+
+def class_sums(token_ids: torch.Tensor, rows: torch.Tensor, *, use_matmul: bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted distinct ids, the per-id sums of ``rows [M, k]`` (float64) and the per-id counts.
+
+    On the CPU a plain ``index_add_``. On CUDA ``index_add_`` of colliding indices uses atomics,
+    whose order varies from run to run; there, each block of tokens is first reduced by a
+    one-hot matmul (fixed order), so every ``index_add_`` sees distinct indices and the bank is
+    the same bit for bit on every run. ``use_matmul`` forces either path (for tests).
+    """
+    classes, inverse = torch.unique(token_ids, sorted=True, return_inverse=True)
+    c = classes.numel()
+    counts = torch.zeros(c, dtype=torch.long, device=rows.device)
+    counts.index_add_(0, inverse, torch.ones_like(inverse))
+    sums = torch.zeros(c, rows.shape[1], dtype=torch.float64, device=rows.device)
+    if use_matmul is None:
+        use_matmul = rows.is_cuda
+    if not use_matmul:
+        sums.index_add_(0, inverse, rows.double())
+        return classes, sums, counts
+    for start in range(0, inverse.numel(), _ONEHOT_BLOCK):
+        block = inverse[start:start + _ONEHOT_BLOCK]
+        local, local_inv = torch.unique(block, sorted=True, return_inverse=True)
+        onehot = torch.zeros(local.numel(), block.numel(), dtype=torch.float64, device=rows.device)
+        onehot[local_inv, torch.arange(block.numel(), device=rows.device)] = 1.0
+        sums.index_add_(0, local, onehot @ rows[start:start + _ONEHOT_BLOCK].double())
+    return classes, sums, counts
+
+
 class FingerprintAccumulator:
     """Per-class sums ``sum alpha * h_hat`` (float64) over target batches; ``finish`` builds the bank.
 
@@ -85,21 +117,24 @@ class FingerprintAccumulator:
         hidden = hidden.to(self.device)
         token_ids = token_ids.to(self.device, torch.long)
         alpha64 = alpha.to(self.device, torch.float64)
-        weighted = alpha64[:, None] * _unit_rows64(hidden)
-        # Merge old and new classes in one sorted set, then scatter-add both into it.
-        all_ids = torch.cat([self.classes, token_ids])
-        classes, inverse = torch.unique(all_ids, sorted=True, return_inverse=True)
+        # Last column carries alpha, so the class masses are summed with the vectors.
+        weighted = torch.cat([alpha64[:, None] * _unit_rows64(hidden), alpha64[:, None]], dim=1)
+        new_classes, new_sums, new_counts = class_sums(token_ids, weighted)
+        # Merge old and new classes in one sorted set; each side's rows are unique, so the two
+        # index_add_ calls have no colliding indices (deterministic on CUDA too).
+        classes, inverse = torch.unique(torch.cat([self.classes, new_classes]), sorted=True,
+                                        return_inverse=True)
         old_rows, new_rows = inverse[: self.classes.numel()], inverse[self.classes.numel():]
         c = classes.numel()
         sums = torch.zeros(c, self.d, dtype=torch.float64, device=self.device)
         sums.index_add_(0, old_rows, self.sums)
-        sums.index_add_(0, new_rows, weighted)
+        sums.index_add_(0, new_rows, new_sums[:, :-1])
         counts = torch.zeros(c, dtype=torch.long, device=self.device)
         counts.index_add_(0, old_rows, self.counts)
-        counts.index_add_(0, new_rows, torch.ones_like(token_ids))
+        counts.index_add_(0, new_rows, new_counts)
         mass = torch.zeros(c, dtype=torch.float64, device=self.device)
         mass.index_add_(0, old_rows, self.mass)
-        mass.index_add_(0, new_rows, alpha64)
+        mass.index_add_(0, new_rows, new_sums[:, -1])
         self.classes, self.sums, self.counts, self.mass = classes, sums, counts, mass
 
     @property
@@ -312,4 +347,4 @@ def _check_bank_tensors(classes, vectors, counts, mass, where, *, check_unit: bo
                              f"[{float(norms.min()):.4g}, {float(norms.max()):.4g}])")
 
 
-__all__ = ["FingerprintBank", "FingerprintAccumulator", "check_against", "FORMAT"]
+__all__ = ["FingerprintBank", "FingerprintAccumulator", "check_against", "class_sums", "FORMAT"]

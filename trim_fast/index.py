@@ -101,7 +101,7 @@ class NearestFingerprintIndex:
         faiss = _faiss()
         if num_threads is not None:
             faiss.omp_set_num_threads(int(num_threads))
-        d, c = self.dim, self.num_classes
+        d = self.dim
         host = self.vectors.detach().cpu().numpy()
         if self.backend == "faiss-gpu":
             import faiss.contrib.torch_utils  # noqa: F401,PLC0415 - lets faiss take torch tensors

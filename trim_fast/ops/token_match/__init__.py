@@ -15,6 +15,7 @@ hidden state among them is an error; padding and uncounted positions are never r
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 
@@ -63,10 +64,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         if device.type == "cuda":
-            return "triton"
+            return "triton" if _has_triton() else "torch"
         return "cpu" if HAS_C and device.type == "cpu" else "torch"
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
+    if backend == "triton":
+        if not _has_triton():
+            raise RuntimeError("backend='triton' needs the triton package; use backend='torch'")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, got {device}")
@@ -76,9 +80,16 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def bank_tables(bank, device: torch.device, *, index_backend: str = "auto") -> BankTables:
     """The bank's vectors and row table on ``device``, cached on the bank object."""
     if isinstance(bank, BankTables):
+        if (bank.vectors.device == device and bank.vectors.dtype == torch.float32
+                and bank.row_table.device == device and bank.row_table.dtype == torch.long):
+            return bank  # as given, so an index built for it is kept for the next call
         return BankTables(bank.vectors.to(device).float(), bank.row_table.to(device).long(),
                           bank.index)
     if isinstance(bank, tuple) and len(bank) == 2:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
-# Tokens per block: a [block, d] gather of hidden rows and of fingerprints.
-_BLOCK_BYTES = 32 << 20
+# Tokens per block: a [block, d] gather of hidden rows and one of fingerprints (64 MiB each
+# at the default); big blocks keep the number of (thread-synchronising) ops low.
+_BLOCK_BYTES = 128 << 20
 
 
 def matched_cosines(hidden_flat: torch.Tensor, token_index: torch.Tensor, bank_rows: torch.Tensor,
