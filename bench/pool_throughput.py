@@ -1,0 +1,123 @@
+"""Pool-scoring throughput (issue 7), three paths side by side in one run, same pool:
+
+A. trim_fast pool scoring: length-sorted token-budget batches, base model only (SDPA), fused
+   matching + pooling against a fingerprint bank; tokens/s of the whole scoring loop.
+B. the bare base-model forward on exactly A's batches (no matching): the ceiling.
+C. the naive frontend path: causal-LM with eager attention, ``output_hidden_states=True`` and the
+   LM head, fixed batches of ``--naive-batch`` in input order padded to the longest (forward only,
+   which flatters C).
+
+Targets: A >= 0.9x B, and A >= 3x C.
+
+    python bench/pool_throughput.py --pool-size 256 [--device cuda] [--out bench/results/pool_throughput.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--pool-size", type=int, default=256)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--max-tokens", type=int, default=8192)
+    ap.add_argument("--naive-batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="best of N for each path")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from trim_fast.capture import capture_saliency, encode_last_hidden, token_budget_batches
+    from trim_fast.data import load_examples
+    from trim_fast.demo.generate import generate
+    from trim_fast.fingerprints import FingerprintBank
+    from trim_fast.models.loading import _resolve, load_model, load_tokenizer, parse_dtype
+    from trim_fast.pipeline import SelectionConfig
+    from trim_fast.pool import TokenChunk, pad_batch, score_chunk
+
+    tmp = tempfile.mkdtemp()
+    manifest = generate(tmp, pool_size=args.pool_size, targets_per_family=8, seed=0)
+    pool = load_examples(manifest["pool"])
+    targets = load_examples([manifest["targets"]["unit_conversion"]])
+    tok = load_tokenizer(args.model)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    device = next(model.parameters()).device
+    cfg = SelectionConfig(max_tokens=args.max_tokens)
+    chunk = TokenChunk.from_examples(tok, pool, cfg.scope, cfg.max_length)
+    tchunk = TokenChunk.from_examples(tok, targets, cfg.scope, cfg.max_length)
+    ids, mask, counted = pad_batch([tchunk.example(i) for i in range(len(tchunk))], tok.pad_token_id, device)
+    cap = capture_saliency(model, ids, mask)
+    bank = FingerprintBank.build(cap.hidden[counted].float(), ids[counted], cap.alpha[counted]).to(device)
+    banks = {"unit_conversion": bank}
+    n_tokens = int(chunk.ids.numel())
+    batches = token_budget_batches(chunk.lengths(), cfg.max_tokens)
+    idf = torch.ones(len(tok), device=device)
+
+    def path_a():
+        score_chunk(model, chunk, banks, cfg, idf, tok.pad_token_id)
+
+    def path_b():
+        for batch in batches:
+            b_ids, b_mask, _ = pad_batch([chunk.example(i) for i in batch], tok.pad_token_id, device)
+            encode_last_hidden(model, b_ids, b_mask)
+
+    from transformers import AutoModelForCausalLM
+
+    path, kw = _resolve(args.model)
+    naive = AutoModelForCausalLM.from_pretrained(path, dtype=parse_dtype(args.dtype, device),
+                                                 attn_implementation="eager", **kw).to(device).eval()
+
+    def path_c():
+        for s in range(0, len(chunk), args.naive_batch):
+            rows = [chunk.example(i) for i in range(s, min(len(chunk), s + args.naive_batch))]
+            b_ids, b_mask, _ = pad_batch(rows, tok.pad_token_id, device)
+            naive(input_ids=b_ids, attention_mask=b_mask, output_hidden_states=True, use_cache=False)
+
+    timings = {}
+    with torch.inference_mode():
+        for name, fn in (("A_trim_scoring", path_a), ("B_bare_forward", path_b), ("C_naive_frontend", path_c)):
+            fn()  # warm-up
+            best = float("inf")
+            for _ in range(args.repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                best = min(best, time.perf_counter() - t0)
+            timings[name] = best
+    tps = {k: n_tokens / v for k, v in timings.items()}
+    result = {
+        "device": str(device), "dtype": str(next(model.parameters()).dtype), "threads": args.threads,
+        "pool_examples": len(chunk), "tokens": n_tokens, "batches": len(batches),
+        "seconds": timings, "tokens_per_s": tps,
+        "A_over_B": tps["A_trim_scoring"] / tps["B_bare_forward"],
+        "A_over_C": tps["A_trim_scoring"] / tps["C_naive_frontend"],
+    }
+    print("| path | seconds | tokens/s |\n|---|---|---|")
+    for k in timings:
+        print(f"| {k} | {timings[k]:.3f} | {tps[k]:.0f} |")
+    print(f"A / B (target >= 0.9): {result['A_over_B']:.3f}   A / C (target >= 3): {result['A_over_C']:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
