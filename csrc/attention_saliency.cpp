@@ -16,6 +16,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -39,12 +40,11 @@ constexpr int kBlockQ = 64;
 constexpr int kBlockK = 64;
 constexpr int64_t kChunkTokens = 1 << 16;    // column buffers: 2 doubles x this, per thread
 
-// Runtime-dispatched clones (AVX2/FMA where the CPU has it) of the hot loops; plain code
-// elsewhere. setup.py does not pass -march=native, so this is how wide vectors get used.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define TF_HOT __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define TF_HOT
+// The hot task bodies are always-inline and instantiated twice: plain (baseline ISA) and with
+// AVX2+FMA, picked at run time by CPU features. setup.py does not pass -march=native, so this is
+// how wide vectors get used. (target_clones("arch=haswell") would dispatch on the CPU model.)
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define TF_X86_DISPATCH 1
 #endif
 #define TF_INLINE inline __attribute__((always_inline))
 
@@ -194,7 +194,7 @@ TF_INLINE void block_keys(const Problem& p, int64_t i0, int nq, int64_t L, int64
 }
 
 // Pass 1 for one (sequence, head, query block): online max and sum-exp -> lse.
-TF_HOT void row_lse_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+TF_INLINE void row_lse_body(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
                          const Outputs& out) {
     const int64_t L = p.len[b];
     const int nq = static_cast<int>(std::min<int64_t>(kBlockQ, L - i0));
@@ -245,7 +245,7 @@ TF_HOT void row_lse_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scr
 
 // Pass 2 for one (sequence, head, query block): per-head entropy of its rows (out.entropy has
 // lse's layout), column sums into the thread's buffers (token output position - buf_origin).
-TF_HOT void column_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+TF_INLINE void column_body(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
                         const Outputs& out, double* col_mass_buf, double* col_weighted_buf,
                         int64_t buf_origin) {
     const int64_t L = p.len[b];
@@ -300,6 +300,42 @@ TF_HOT void column_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scra
     }
 }
 
+using RowTaskFn = void (*)(const Problem&, int64_t, int64_t, int64_t, Scratch&, const Outputs&);
+using ColumnTaskFn = void (*)(const Problem&, int64_t, int64_t, int64_t, Scratch&, const Outputs&,
+                              double*, double*, int64_t);
+
+void row_lse_plain(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+                   const Outputs& out) {
+    row_lse_body(p, b, h, i0, ws, out);
+}
+void column_plain(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+                  const Outputs& out, double* mass, double* weighted, int64_t origin) {
+    column_body(p, b, h, i0, ws, out, mass, weighted, origin);
+}
+#ifdef TF_X86_DISPATCH
+__attribute__((target("avx2,fma"))) void row_lse_avx2(const Problem& p, int64_t b, int64_t h,
+                                                      int64_t i0, Scratch& ws, const Outputs& out) {
+    row_lse_body(p, b, h, i0, ws, out);
+}
+__attribute__((target("avx2,fma"))) void column_avx2(const Problem& p, int64_t b, int64_t h,
+                                                     int64_t i0, Scratch& ws, const Outputs& out,
+                                                     double* mass, double* weighted,
+                                                     int64_t origin) {
+    column_body(p, b, h, i0, ws, out, mass, weighted, origin);
+}
+#endif
+
+std::atomic<bool> g_allow_avx2{true};  // tests switch it off to cover the baseline path
+
+bool use_avx2() {
+#ifdef TF_X86_DISPATCH
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return ok && g_allow_avx2.load();
+#else
+    return false;
+#endif
+}
+
 struct Task {
     int64_t b, h, i0;
 };
@@ -308,6 +344,14 @@ struct Task {
 void run(const Problem& p, const Outputs& out, bool have_lse, int num_threads) {
     const int64_t nseq = static_cast<int64_t>(p.len.size());
     const int threads = std::max(1, num_threads);
+    RowTaskFn row_lse_task = row_lse_plain;
+    ColumnTaskFn column_task = column_plain;
+#ifdef TF_X86_DISPATCH
+    if (use_avx2()) {
+        row_lse_task = row_lse_avx2;
+        column_task = column_avx2;
+    }
+#endif
     std::vector<double> col_buf;
     int64_t s0 = 0;
     while (s0 < nseq) {
@@ -530,4 +574,12 @@ void register_attention_saliency(py::module_& m) {
           py::arg("cu_seqlens"), py::arg("causal"), py::arg("scale"), py::arg("window"),
           py::arg("lse"), py::arg("num_threads"),
           "Packed twin: q [T, H, D], cu_seqlens [B + 1] -> ([T], [T], [T], lse [H, T]).");
+    m.def(
+        "_attention_saliency_allow_avx2",
+        [](bool allow) {
+            const bool was = g_allow_avx2.exchange(allow);
+            return py::make_tuple(was, use_avx2());
+        },
+        py::arg("allow"),
+        "Testing hook: allow (True) or forbid the AVX2 path; returns (previous setting, in use).");
 }

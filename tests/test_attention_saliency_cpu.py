@@ -290,3 +290,19 @@ def test_extension_checks_its_own_arguments():
     with pytest.raises(ValueError, match=r"lse has shape \[3, 5\], expected \[2, 5\]"):
         _C.attention_saliency_varlen(qp, kp, torch.tensor([0, 5]).numpy(), True, 0.5, 0,
                                      torch.zeros(3, 5).numpy(), 1)
+
+
+@pytest.mark.skipif(not HAS_C, reason="trim_fast._C not built")
+@pytest.mark.parametrize("causal", [True, False])
+def test_cpu_baseline_isa_path(causal):
+    """The kernel has an AVX2 build and a baseline build, chosen at run time: test both."""
+    q, k = make_qk(2, 4, 2, 130, 24, torch.float32, seed=9)
+    seq_lens = torch.tensor([130, 66])
+    ref64, ref_dt = references(q, k, causal=causal, seq_lens=seq_lens, window=50)
+    was, _ = _C._attention_saliency_allow_avx2(False)
+    try:
+        assert _C._attention_saliency_allow_avx2(False)[1] is False
+        fast = attention_saliency(q, k, causal=causal, seq_lens=seq_lens, window=50, backend="cpu")
+    finally:
+        _C._attention_saliency_allow_avx2(was)
+    check_stats(fast, ref64, ref_dt)
