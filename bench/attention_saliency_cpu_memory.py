@@ -6,7 +6,8 @@ with inputs already built and a small warm-up call done (libraries, thread pools
     python bench/attention_saliency_cpu_memory.py                 # N=8192, H=8, D=64, causal fp32
     python bench/attention_saliency_cpu_memory.py --heads 1 --backends reference_fp64
 
-A backend may run under an address-space cap (--cap-gib): if it hits the cap, its extra peak is
+``cpu`` goes through the public entry (its input checks included); ``cpu_kernel`` calls the C++
+binding alone. A backend may run under an address-space cap (--cap-gib): if it hits the cap, its extra peak is
 reported as a lower bound instead of crashing the machine (the fp64 reference at N=8192 with
 H=8 wants tens of GiB).
 """
@@ -18,15 +19,19 @@ import resource
 import subprocess
 import sys
 
-BACKENDS = ("cpu", "torch", "reference_fp64", "reference_fp32")
+BACKENDS = ("cpu", "cpu_kernel", "torch", "reference_fp64", "reference_fp32")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _hwm_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return _status_kib("VmHWM")
 
 
 def _child(backend: str, n: int, heads: int, dim: int, cap_gib: float | None) -> dict:
@@ -38,6 +43,12 @@ def _child(backend: str, n: int, heads: int, dim: int, cap_gib: float | None) ->
     torch.set_num_threads(2)
 
     def call(q, k):
+        if backend == "cpu_kernel":  # the C++ binding alone, without the entry's input checks
+            from trim_fast._ext import _C
+
+            lens = torch.tensor([q.shape[2]]).numpy()
+            return _C.attention_saliency_padded(q.numpy(), k.numpy(), lens, True,
+                                                q.shape[-1] ** -0.5, 0, None, 2)
         if backend in ("cpu", "torch"):
             return attention_saliency(q, k, causal=True, backend=backend)
         return reference.attention_saliency(q, k, causal=True, upcast=backend == "reference_fp64")
@@ -47,6 +58,7 @@ def _child(backend: str, n: int, heads: int, dim: int, cap_gib: float | None) ->
     q = torch.randn(1, heads, n, dim, generator=gen)
     k = torch.randn(1, heads, n, dim, generator=gen)
     before = _hwm_kib()
+    vm_size_before = _status_kib("VmSize")
     if cap_gib is not None:
         resource.setrlimit(resource.RLIMIT_AS, (int(cap_gib * 2**30), resource.RLIM_INFINITY))
     try:
@@ -59,7 +71,7 @@ def _child(backend: str, n: int, heads: int, dim: int, cap_gib: float | None) ->
     after = _hwm_kib()
     return {"backend": backend, "n": n, "heads": heads, "dim": dim, "inputs_mib": 2 * q.numel() * 4 / 2**20,
             "before_mib": before / 1024, "extra_peak_mib": (after - before) / 1024, "hit_cap": hit_cap,
-            "cap_gib": cap_gib}
+            "cap_gib": cap_gib, "vm_size_before_mib": vm_size_before / 1024}
 
 
 def main() -> None:

@@ -4,8 +4,8 @@
 //
 // Design (two passes over 64 x 64 score tiles, rows owned by one task):
 //   pass 1 (skipped when the caller passes lse): online max / sum-exp per row -> lse_i.
-//   pass 2: p_ij = exp(s_ij - lse_i) per visible (i, j);
-//           H_i += p_ij * (lse_i - s_ij)      (= -p log p: every term >= 0, no cancellation)
+//   pass 2: log p_ij = (s_ij - m_i) - log_sum_i, p_ij = exp(log p_ij) per visible (i, j);
+//           H_i -= p_ij * log p_ij            (every term >= 0, no cancellation)
 //           col_mass[j] += p_ij, col_weighted[j] += n_i * p_ij.
 // Entropy lives in pass 2 because it needs lse: with lse given the whole op is one pass over
 // the tiles (half the work), without it the online pass only tracks max and sum-exp.
@@ -89,6 +89,12 @@ struct Outputs {
     float* col_mass;
     float* col_weighted;
     float* lse;
+    // Row shift m_i and log_sum_i = log sum_j exp(s_ij - m_i) (lse = m + log_sum), kept apart so
+    // that pass 2 forms s - lse as (s - m) - log_sum: s - m is exact near the maximum, while an
+    // fp32 lse rounds at ulp(|lse|), which dominates the entropy of sharp rows with big logits.
+    // With a caller's lse: m = lse, log_sum = 0.
+    float* row_shift;
+    float* row_log_sum;
 };
 
 // Keys of row i (0-based in a sequence of length L) form one interval [lo, hi).
@@ -238,9 +244,13 @@ TF_INLINE void row_lse_body(const Problem& p, int64_t b, int64_t h, int64_t i0, 
             row_sum[r] += hsum(vsum);
         }
     }
-    for (int r = 0; r < nq; ++r)
-        out.lse[p.lse_base[b] + h * p.lse_head_stride + i0 + r] =
-            static_cast<float>(row_max[r] + std::log(row_sum[r]));
+    for (int r = 0; r < nq; ++r) {
+        const int64_t at = p.lse_base[b] + h * p.lse_head_stride + i0 + r;
+        const double log_sum = std::log(row_sum[r]);
+        out.lse[at] = static_cast<float>(row_max[r] + log_sum);
+        out.row_shift[at] = static_cast<float>(row_max[r]);  // a score: exact in float
+        out.row_log_sum[at] = static_cast<float>(log_sum);
+    }
 }
 
 // Pass 2 for one (sequence, head, query block): per-head entropy of its rows (out.entropy has
@@ -252,10 +262,12 @@ TF_INLINE void column_body(const Problem& p, int64_t b, int64_t h, int64_t i0, S
     const int nq = static_cast<int>(std::min<int64_t>(kBlockQ, L - i0));
     const int64_t g = h / (p.heads / p.kv_heads);
     load_q_block(p, b, h, i0, nq, ws.qblock.data());
-    float lse[kBlockQ], n_vis[kBlockQ];
+    float shift[kBlockQ], log_sum[kBlockQ], n_vis[kBlockQ];
     double entropy[kBlockQ];
     for (int r = 0; r < nq; ++r) {
-        lse[r] = out.lse[p.lse_base[b] + h * p.lse_head_stride + i0 + r];
+        const int64_t at = p.lse_base[b] + h * p.lse_head_stride + i0 + r;
+        shift[r] = out.row_shift[at];
+        log_sum[r] = out.row_log_sum[at];
         int64_t lo, hi;
         visible_keys(p, i0 + r, L, lo, hi);
         n_vis[r] = static_cast<float>(hi - lo);
@@ -277,12 +289,13 @@ TF_INLINE void column_body(const Problem& p, int64_t b, int64_t h, int64_t i0, S
             const int e = static_cast<int>(std::min<int64_t>(hi, j0 + nk) - j0);
             if (a >= e) continue;
             const float* s = ws.scores.data() + r * kBlockK;
-            const v8f l = splat(lse[r]), n_i = splat(n_vis[r]);
+            const v8f m = splat(shift[r]), ls = splat(log_sum[r]), n_i = splat(n_vis[r]);
             v8f plogp = splat(0.f);
             for (int c0 = 0; c0 < kBlockK; c0 += kVec) {
                 const v8f sv = load8(s + c0);
-                const v8f pv = in_range(c0, a, e) ? fast_exp8(sv - l) : splat(0.f);
-                plogp += pv * (l - sv);
+                const v8f log_p = (sv - m) - ls;
+                const v8f pv = in_range(c0, a, e) ? fast_exp8(log_p) : splat(0.f);
+                plogp -= pv * log_p;
                 col_mass[c0 / kVec] += pv;
                 col_weighted[c0 / kVec] += n_i * pv;
             }
@@ -439,6 +452,8 @@ py::tuple compute(Problem& p, const py::object& lse_in, std::vector<py::ssize_t>
                 "lse has shape " + shape_of(given) + ", expected " + shape_of(lse));
     }
     std::vector<float> entropy_heads(static_cast<size_t>(lse.size()), 0.f);
+    std::vector<float> row_shift(static_cast<size_t>(lse.size()), 0.f);
+    std::vector<float> row_log_sum(static_cast<size_t>(lse.size()), 0.f);
     float* lse_out = lse.mutable_data();
     float* entropy_out = entropy.mutable_data();
     float* mass_out = col_mass.mutable_data();
@@ -456,9 +471,11 @@ py::tuple compute(Problem& p, const py::object& lse_in, std::vector<py::ssize_t>
                 for (int64_t h = 0; h < p.heads; ++h) {
                     const int64_t at = p.lse_base[b] + h * p.lse_head_stride;
                     std::copy(given_data + at, given_data + at + p.len[b], lse_out + at);
+                    std::copy(given_data + at, given_data + at + p.len[b], row_shift.data() + at);
                 }
         }
-        Outputs out{entropy_heads.data(), mass_out, weighted_out, lse_out};
+        Outputs out{entropy_heads.data(), mass_out, weighted_out, lse_out, row_shift.data(),
+                    row_log_sum.data()};
         run(p, out, have_lse, num_threads);
         for (int64_t b = 0; b < nseq; ++b)
             for (int64_t h = 0; h < p.heads; ++h) {

@@ -90,6 +90,17 @@ def test_lengths(backend, causal, n):
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_sharp_rows(backend, causal):
+    """Logits in the thousands: one-hot rows, exp far out of range off the mask."""
+    q, k = make_qk(2, 4, 1, 70, 8, torch.float32, seed=8, spread=60.0)
+    seq_lens = torch.tensor([70, 33])
+    ref64, ref_dt = references(q, k, causal=causal, seq_lens=seq_lens, window=20)
+    fast = attention_saliency(q, k, causal=causal, seq_lens=seq_lens, window=20, backend=backend)
+    check_stats(fast, ref64, ref_dt)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_long_sequence(backend):
     """Many query/key blocks (64 in C++, 128 in torch), the causal skipping across them."""
     q, k = make_qk(1, 2, 2, 1023, 16, torch.float32, seed=3)
