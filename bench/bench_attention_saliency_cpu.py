@@ -7,9 +7,11 @@ Shape of the brief: B=1, H=8, D=64, causal, fp32, N=2048. Run (takes a few minut
 
 ``reference_fp64`` is ``trim_fast.reference.attention_saliency`` (float64, the oracle);
 ``reference_fp32`` is the same materialisation in fp32 (matmul + softmax + entropy + column
-sums, ``upcast=False``). Figures go to bench/results/attention_saliency_cpu.md.
+sums, ``upcast=False``). ``BENCH_THREADS=1`` runs everything on one thread. Figures go to bench/results/attention_saliency_cpu.md.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -20,11 +22,12 @@ from trim_fast.ops.attention_saliency import attention_saliency
 
 B, H, D, N = 1, 8, 64, 2048
 ROUNDS = 3
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))  # the C++ kernel uses torch's thread count
 
 
 @pytest.fixture(scope="module")
 def qk():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(B, H, N, D, generator=gen)
     k = torch.randn(B, H, N, D, generator=gen)
