@@ -9,7 +9,8 @@
 //           col_mass[j] += p_ij, col_weighted[j] += n_i * p_ij.
 // Entropy lives in pass 2 because it needs lse: with lse given the whole op is one pass over
 // the tiles (half the work), without it the online pass only tracks max and sum-exp.
-// Tasks are (sequence, head, 64-query block), so row outputs have one writer; column sums go to
+// Tasks are (sequence, head, 64-query block), so per-head row outputs (lse, entropy; heads summed
+// at the end in a fixed order) have one writer; column sums go to
 // per-thread double buffers reduced in thread order (bit-reproducible for a fixed thread count).
 // Sequences are processed in chunks so those buffers stay O(chunk tokens) per thread.
 #include <pybind11/numpy.h>
@@ -201,7 +202,7 @@ TF_INLINE void block_keys(const Problem& p, int64_t i0, int nq, int64_t L, int64
 
 // Pass 1 for one (sequence, head, query block): online max and sum-exp -> lse.
 TF_INLINE void row_lse_body(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
-                         const Outputs& out) {
+                            const Outputs& out) {
     const int64_t L = p.len[b];
     const int nq = static_cast<int>(std::min<int64_t>(kBlockQ, L - i0));
     const int64_t g = h / (p.heads / p.kv_heads);
@@ -256,8 +257,8 @@ TF_INLINE void row_lse_body(const Problem& p, int64_t b, int64_t h, int64_t i0, 
 // Pass 2 for one (sequence, head, query block): per-head entropy of its rows (out.entropy has
 // lse's layout), column sums into the thread's buffers (token output position - buf_origin).
 TF_INLINE void column_body(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
-                        const Outputs& out, double* col_mass_buf, double* col_weighted_buf,
-                        int64_t buf_origin) {
+                           const Outputs& out, double* col_mass_buf, double* col_weighted_buf,
+                           int64_t buf_origin) {
     const int64_t L = p.len[b];
     const int nq = static_cast<int>(std::min<int64_t>(kBlockQ, L - i0));
     const int64_t g = h / (p.heads / p.kv_heads);
