@@ -4,18 +4,20 @@
 //
 // Design (two passes over 64 x 64 score tiles, rows owned by one task):
 //   pass 1 (skipped when the caller passes lse): online max / sum-exp per row -> lse_i.
-//   pass 2: p_ij = exp(s_ij - lse_i) per visible (i, j);
-//           H_i += p_ij * (lse_i - s_ij)      (= -p log p: every term >= 0, no cancellation)
+//   pass 2: log p_ij = (s_ij - m_i) - log_sum_i, p_ij = exp(log p_ij) per visible (i, j);
+//           H_i -= p_ij * log p_ij            (every term >= 0, no cancellation)
 //           col_mass[j] += p_ij, col_weighted[j] += n_i * p_ij.
 // Entropy lives in pass 2 because it needs lse: with lse given the whole op is one pass over
 // the tiles (half the work), without it the online pass only tracks max and sum-exp.
-// Tasks are (sequence, head, 64-query block), so row outputs have one writer; column sums go to
+// Tasks are (sequence, head, 64-query block), so per-head row outputs (lse, entropy; heads summed
+// at the end in a fixed order) have one writer; column sums go to
 // per-thread double buffers reduced in thread order (bit-reproducible for a fixed thread count).
 // Sequences are processed in chunks so those buffers stay O(chunk tokens) per thread.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -39,12 +41,11 @@ constexpr int kBlockQ = 64;
 constexpr int kBlockK = 64;
 constexpr int64_t kChunkTokens = 1 << 16;    // column buffers: 2 doubles x this, per thread
 
-// Runtime-dispatched clones (AVX2/FMA where the CPU has it) of the hot loops; plain code
-// elsewhere. setup.py does not pass -march=native, so this is how wide vectors get used.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define TF_HOT __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define TF_HOT
+// The hot task bodies are always-inline and instantiated twice: plain (baseline ISA) and with
+// AVX2+FMA, picked at run time by CPU features. setup.py does not pass -march=native, so this is
+// how wide vectors get used. (target_clones("arch=haswell") would dispatch on the CPU model.)
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define TF_X86_DISPATCH 1
 #endif
 #define TF_INLINE inline __attribute__((always_inline))
 
@@ -89,6 +90,12 @@ struct Outputs {
     float* col_mass;
     float* col_weighted;
     float* lse;
+    // Row shift m_i and log_sum_i = log sum_j exp(s_ij - m_i) (lse = m + log_sum), kept apart so
+    // that pass 2 forms s - lse as (s - m) - log_sum: s - m is exact near the maximum, while an
+    // fp32 lse rounds at ulp(|lse|), which dominates the entropy of sharp rows with big logits.
+    // With a caller's lse: m = lse, log_sum = 0.
+    float* row_shift;
+    float* row_log_sum;
 };
 
 // Keys of row i (0-based in a sequence of length L) form one interval [lo, hi).
@@ -194,8 +201,8 @@ TF_INLINE void block_keys(const Problem& p, int64_t i0, int nq, int64_t L, int64
 }
 
 // Pass 1 for one (sequence, head, query block): online max and sum-exp -> lse.
-TF_HOT void row_lse_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
-                         const Outputs& out) {
+TF_INLINE void row_lse_body(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+                            const Outputs& out) {
     const int64_t L = p.len[b];
     const int nq = static_cast<int>(std::min<int64_t>(kBlockQ, L - i0));
     const int64_t g = h / (p.heads / p.kv_heads);
@@ -238,24 +245,30 @@ TF_HOT void row_lse_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scr
             row_sum[r] += hsum(vsum);
         }
     }
-    for (int r = 0; r < nq; ++r)
-        out.lse[p.lse_base[b] + h * p.lse_head_stride + i0 + r] =
-            static_cast<float>(row_max[r] + std::log(row_sum[r]));
+    for (int r = 0; r < nq; ++r) {
+        const int64_t at = p.lse_base[b] + h * p.lse_head_stride + i0 + r;
+        const double log_sum = std::log(row_sum[r]);
+        out.lse[at] = static_cast<float>(row_max[r] + log_sum);
+        out.row_shift[at] = static_cast<float>(row_max[r]);  // a score: exact in float
+        out.row_log_sum[at] = static_cast<float>(log_sum);
+    }
 }
 
 // Pass 2 for one (sequence, head, query block): per-head entropy of its rows (out.entropy has
 // lse's layout), column sums into the thread's buffers (token output position - buf_origin).
-TF_HOT void column_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
-                        const Outputs& out, double* col_mass_buf, double* col_weighted_buf,
-                        int64_t buf_origin) {
+TF_INLINE void column_body(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+                           const Outputs& out, double* col_mass_buf, double* col_weighted_buf,
+                           int64_t buf_origin) {
     const int64_t L = p.len[b];
     const int nq = static_cast<int>(std::min<int64_t>(kBlockQ, L - i0));
     const int64_t g = h / (p.heads / p.kv_heads);
     load_q_block(p, b, h, i0, nq, ws.qblock.data());
-    float lse[kBlockQ], n_vis[kBlockQ];
+    float shift[kBlockQ], log_sum[kBlockQ], n_vis[kBlockQ];
     double entropy[kBlockQ];
     for (int r = 0; r < nq; ++r) {
-        lse[r] = out.lse[p.lse_base[b] + h * p.lse_head_stride + i0 + r];
+        const int64_t at = p.lse_base[b] + h * p.lse_head_stride + i0 + r;
+        shift[r] = out.row_shift[at];
+        log_sum[r] = out.row_log_sum[at];
         int64_t lo, hi;
         visible_keys(p, i0 + r, L, lo, hi);
         n_vis[r] = static_cast<float>(hi - lo);
@@ -277,12 +290,13 @@ TF_HOT void column_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scra
             const int e = static_cast<int>(std::min<int64_t>(hi, j0 + nk) - j0);
             if (a >= e) continue;
             const float* s = ws.scores.data() + r * kBlockK;
-            const v8f l = splat(lse[r]), n_i = splat(n_vis[r]);
+            const v8f m = splat(shift[r]), ls = splat(log_sum[r]), n_i = splat(n_vis[r]);
             v8f plogp = splat(0.f);
             for (int c0 = 0; c0 < kBlockK; c0 += kVec) {
                 const v8f sv = load8(s + c0);
-                const v8f pv = in_range(c0, a, e) ? fast_exp8(sv - l) : splat(0.f);
-                plogp += pv * (l - sv);
+                const v8f log_p = (sv - m) - ls;
+                const v8f pv = in_range(c0, a, e) ? fast_exp8(log_p) : splat(0.f);
+                plogp -= pv * log_p;
                 col_mass[c0 / kVec] += pv;
                 col_weighted[c0 / kVec] += n_i * pv;
             }
@@ -300,6 +314,42 @@ TF_HOT void column_task(const Problem& p, int64_t b, int64_t h, int64_t i0, Scra
     }
 }
 
+using RowTaskFn = void (*)(const Problem&, int64_t, int64_t, int64_t, Scratch&, const Outputs&);
+using ColumnTaskFn = void (*)(const Problem&, int64_t, int64_t, int64_t, Scratch&, const Outputs&,
+                              double*, double*, int64_t);
+
+void row_lse_plain(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+                   const Outputs& out) {
+    row_lse_body(p, b, h, i0, ws, out);
+}
+void column_plain(const Problem& p, int64_t b, int64_t h, int64_t i0, Scratch& ws,
+                  const Outputs& out, double* mass, double* weighted, int64_t origin) {
+    column_body(p, b, h, i0, ws, out, mass, weighted, origin);
+}
+#ifdef TF_X86_DISPATCH
+__attribute__((target("avx2,fma"))) void row_lse_avx2(const Problem& p, int64_t b, int64_t h,
+                                                      int64_t i0, Scratch& ws, const Outputs& out) {
+    row_lse_body(p, b, h, i0, ws, out);
+}
+__attribute__((target("avx2,fma"))) void column_avx2(const Problem& p, int64_t b, int64_t h,
+                                                     int64_t i0, Scratch& ws, const Outputs& out,
+                                                     double* mass, double* weighted,
+                                                     int64_t origin) {
+    column_body(p, b, h, i0, ws, out, mass, weighted, origin);
+}
+#endif
+
+std::atomic<bool> g_allow_avx2{true};  // tests switch it off to cover the baseline path
+
+bool use_avx2() {
+#ifdef TF_X86_DISPATCH
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return ok && g_allow_avx2.load();
+#else
+    return false;
+#endif
+}
+
 struct Task {
     int64_t b, h, i0;
 };
@@ -308,6 +358,14 @@ struct Task {
 void run(const Problem& p, const Outputs& out, bool have_lse, int num_threads) {
     const int64_t nseq = static_cast<int64_t>(p.len.size());
     const int threads = std::max(1, num_threads);
+    RowTaskFn row_lse_task = row_lse_plain;
+    ColumnTaskFn column_task = column_plain;
+#ifdef TF_X86_DISPATCH
+    if (use_avx2()) {
+        row_lse_task = row_lse_avx2;
+        column_task = column_avx2;
+    }
+#endif
     std::vector<double> col_buf;
     int64_t s0 = 0;
     while (s0 < nseq) {
@@ -395,6 +453,8 @@ py::tuple compute(Problem& p, const py::object& lse_in, std::vector<py::ssize_t>
                 "lse has shape " + shape_of(given) + ", expected " + shape_of(lse));
     }
     std::vector<float> entropy_heads(static_cast<size_t>(lse.size()), 0.f);
+    std::vector<float> row_shift(static_cast<size_t>(lse.size()), 0.f);
+    std::vector<float> row_log_sum(static_cast<size_t>(lse.size()), 0.f);
     float* lse_out = lse.mutable_data();
     float* entropy_out = entropy.mutable_data();
     float* mass_out = col_mass.mutable_data();
@@ -412,9 +472,11 @@ py::tuple compute(Problem& p, const py::object& lse_in, std::vector<py::ssize_t>
                 for (int64_t h = 0; h < p.heads; ++h) {
                     const int64_t at = p.lse_base[b] + h * p.lse_head_stride;
                     std::copy(given_data + at, given_data + at + p.len[b], lse_out + at);
+                    std::copy(given_data + at, given_data + at + p.len[b], row_shift.data() + at);
                 }
         }
-        Outputs out{entropy_heads.data(), mass_out, weighted_out, lse_out};
+        Outputs out{entropy_heads.data(), mass_out, weighted_out, lse_out, row_shift.data(),
+                    row_log_sum.data()};
         run(p, out, have_lse, num_threads);
         for (int64_t b = 0; b < nseq; ++b)
             for (int64_t h = 0; h < p.heads; ++h) {
@@ -530,4 +592,12 @@ void register_attention_saliency(py::module_& m) {
           py::arg("cu_seqlens"), py::arg("causal"), py::arg("scale"), py::arg("window"),
           py::arg("lse"), py::arg("num_threads"),
           "Packed twin: q [T, H, D], cu_seqlens [B + 1] -> ([T], [T], [T], lse [H, T]).");
+    m.def(
+        "_attention_saliency_allow_avx2",
+        [](bool allow) {
+            const bool was = g_allow_avx2.exchange(allow);
+            return py::make_tuple(was, use_avx2());
+        },
+        py::arg("allow"),
+        "Testing hook: allow (True) or forbid the AVX2 path; returns (previous setting, in use).");
 }

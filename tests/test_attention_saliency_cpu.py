@@ -90,6 +90,17 @@ def test_lengths(backend, causal, n):
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_sharp_rows(backend, causal):
+    """Logits in the thousands: one-hot rows, exp far out of range off the mask."""
+    q, k = make_qk(2, 4, 1, 70, 8, torch.float32, seed=8, spread=60.0)
+    seq_lens = torch.tensor([70, 33])
+    ref64, ref_dt = references(q, k, causal=causal, seq_lens=seq_lens, window=20)
+    fast = attention_saliency(q, k, causal=causal, seq_lens=seq_lens, window=20, backend=backend)
+    check_stats(fast, ref64, ref_dt)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_long_sequence(backend):
     """Many query/key blocks (64 in C++, 128 in torch), the causal skipping across them."""
     q, k = make_qk(1, 2, 2, 1023, 16, torch.float32, seed=3)
@@ -290,3 +301,19 @@ def test_extension_checks_its_own_arguments():
     with pytest.raises(ValueError, match=r"lse has shape \[3, 5\], expected \[2, 5\]"):
         _C.attention_saliency_varlen(qp, kp, torch.tensor([0, 5]).numpy(), True, 0.5, 0,
                                      torch.zeros(3, 5).numpy(), 1)
+
+
+@pytest.mark.skipif(not HAS_C, reason="trim_fast._C not built")
+@pytest.mark.parametrize("causal", [True, False])
+def test_cpu_baseline_isa_path(causal):
+    """The kernel has an AVX2 build and a baseline build, chosen at run time: test both."""
+    q, k = make_qk(2, 4, 2, 130, 24, torch.float32, seed=9)
+    seq_lens = torch.tensor([130, 66])
+    ref64, ref_dt = references(q, k, causal=causal, seq_lens=seq_lens, window=50)
+    was, _ = _C._attention_saliency_allow_avx2(False)
+    try:
+        assert _C._attention_saliency_allow_avx2(False)[1] is False
+        fast = attention_saliency(q, k, causal=causal, seq_lens=seq_lens, window=50, backend="cpu")
+    finally:
+        _C._attention_saliency_allow_avx2(was)
+    check_stats(fast, ref64, ref_dt)

@@ -3,8 +3,8 @@ built. Same two passes as the C++ kernel, over ``block x block`` score tiles, so
 O(n * block) per head, never ``n x n``:
 
 1. (skipped when ``lse`` is given) online max / sum-exp per row -> ``lse_i``;
-2. ``p_ij = exp(s_ij - lse_i)``; ``H_i += p_ij (lse_i - s_ij)`` (= ``-p log p``, every term
-   >= 0), ``col_mass_j += p_ij``, ``col_mass_weighted_j += n_i p_ij``.
+2. ``log p_ij = (s_ij - m_i) - log_sum_i`` (``lse = m + log_sum``); ``H_i -= p_ij log p_ij``
+   (every term >= 0), ``col_mass_j += p_ij``, ``col_mass_weighted_j += n_i p_ij``.
 
 Computes in fp32 (fp16/bf16 are upcast); returns fp32.
 """
@@ -75,8 +75,12 @@ def _padded(q, k, lens, *, causal, scale, window, lse, block):
         start = (klo // block) * block
         return [(ks, min(ks + block, khi)) for ks in range(start, khi, block)]
 
+    # s - lse is formed as (s - row_shift) - row_log_sum: exact near the row maximum, where an
+    # fp32 lse would round at ulp(|lse|) (large for big logits). A given lse: shift = lse, 0.
     if lse is None:
         lse = torch.full((b, h, n), neg_inf, device=q.device)
+        row_shift = torch.zeros((b, h, n), device=q.device)
+        row_log_sum = torch.zeros((b, h, n), device=q.device)
         for qs in range(0, max_len, block):
             qe = min(qs + block, max_len)
             row_max = torch.full((b, h, qe - qs), neg_inf, device=q.device)
@@ -90,22 +94,29 @@ def _padded(q, k, lens, *, causal, scale, window, lse, block):
                     s - safe_max[..., None]).sum(-1)
                 row_max = new_max
             lse[:, :, qs:qe] = row_max + torch.log(row_sum)
+            row_shift[:, :, qs:qe] = row_max
+            row_log_sum[:, :, qs:qe] = torch.log(row_sum)
     else:
         lse = lse.to(q.device, torch.float32).clone()
+        row_shift = lse
+        row_log_sum = torch.zeros_like(lse)
     lse = lse.masked_fill(~valid_row[:, None], neg_inf)
 
-    lse_safe = lse.masked_fill(~valid_row[:, None], 0.0)
+    row_shift = row_shift.masked_fill(~valid_row[:, None], 0.0)
+    row_log_sum = row_log_sum.masked_fill(~valid_row[:, None], 0.0)
     entropy = torch.zeros((b, h, n), device=q.device)
     col_mass = torch.zeros((b, n), device=q.device)
     col_weighted = torch.zeros((b, n), device=q.device)
     for qs in range(0, max_len, block):
         qe = min(qs + block, max_len)
-        row_lse = lse_safe[:, :, qs:qe, None]
+        shift = row_shift[:, :, qs:qe, None]
+        log_sum = row_log_sum[:, :, qs:qe, None]
         for ks, ke in key_blocks(qs, qe):
             s, visible = tile(qs, qe, ks, ke)
-            s = s.masked_fill(~visible, 0.0)
-            p = torch.exp(s - row_lse) * visible
-            entropy[:, :, qs:qe] += (p * (row_lse - s)).sum(-1)
+            log_p = (s - shift) - log_sum
+            # exp(-inf) = 0 off the mask, where scores may be far above lse (exp -> inf).
+            p = torch.exp(log_p.masked_fill(~visible, neg_inf))
+            entropy[:, :, qs:qe] -= (p * log_p.masked_fill(~visible, 0.0)).sum(-1)
             col_mass[:, ks:ke] += p.sum((1, 2))
             col_weighted[:, ks:ke] += (p * n_i[:, None, qs:qe, None]).sum((1, 2))
     row_entropy = entropy.clamp(min=0.0).sum(1)
