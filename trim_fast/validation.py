@@ -33,10 +33,20 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, *, layout: str = "BHND") -> None:
         raise ValueError(f"q and k must have the same number of tokens; got {q.shape[0]} and {k.shape[0]}")
 
 
+_FINITE_CHUNK = 1 << 20  # elements per check: no full-size boolean temporaries
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/Inf value(s)")
+    if not x.is_floating_point():
+        return
+    flat = x.reshape(-1) if x.is_contiguous() else x.flatten()
+    # on CUDA one pass (a chunk loop would sync per chunk); on CPU chunks keep memory O(chunk)
+    step = flat.numel() if x.is_cuda else _FINITE_CHUNK
+    for start in range(0, flat.numel(), max(1, step)):
+        part = flat[start:start + _FINITE_CHUNK]
+        if not bool(torch.isfinite(part).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} contains {bad} NaN/Inf value(s)")
 
 
 def check_seq_lens(seq_lens, batch: int, n: int, device) -> torch.Tensor:
