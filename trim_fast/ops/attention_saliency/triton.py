@@ -52,12 +52,16 @@ _FIXED_POINT = tl.constexpr(ENTROPY_FIXED_POINT)
 
 @dataclass(frozen=True)
 class BlockConfig:
+    """Tiles and launch options of the row pass (query block x key block) and the column pass."""
+
     row_block_m: int
     row_block_n: int
     col_block_m: int
     col_block_n: int
     num_warps: int
     num_stages: int
+    col_num_warps: int | None = None  # None: num_warps
+    col_num_stages: int | None = None  # None: num_stages
 
 
 def interpreted() -> bool:
@@ -308,14 +312,15 @@ def _launch(q, k, lens_or_cu, lse_in, outs, *, is_varlen, num_seqs, max_seqlen, 
     window_arg = max_seqlen + 1 if window is None else min(int(window), max_seqlen + 1)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     common = dict(IS_VARLEN=is_varlen, CAUSAL=bool(causal), BLOCK_D=block_d,
-                  INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  INPUT_PRECISION=precision)
     seq_lens = lens_or_cu  # one int32 tensor serves as seq_lens or cu_seqlens (IS_VARLEN picks)
     scalars = (num_heads, group, scale * LOG2E, window_arg, head_dim)
     if lse_in is None:
         grid = (triton.cdiv(max_seqlen, cfg.row_block_m), num_seqs * num_heads)
         _row_pass_kernel[grid](
             q, k, seq_lens, lens_or_cu, lse, entropy, *q_strides, *k_strides, *out_strides,
-            *scalars, BLOCK_M=cfg.row_block_m, BLOCK_N=cfg.row_block_n, **common)
+            *scalars, BLOCK_M=cfg.row_block_m, BLOCK_N=cfg.row_block_n,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
         lse_for_cols = lse
     else:
         lse_for_cols = lse_in
@@ -324,7 +329,9 @@ def _launch(q, k, lens_or_cu, lse_in, outs, *, is_varlen, num_seqs, max_seqlen, 
         q, k, seq_lens, lens_or_cu, lse_for_cols, col_mass, col_weighted, entropy_fixed,
         *q_strides, *k_strides, *out_strides, *scalars,
         FUSE_ROW_ENTROPY=lse_in is not None,
-        BLOCK_M=cfg.col_block_m, BLOCK_N=cfg.col_block_n, **common)
+        BLOCK_M=cfg.col_block_m, BLOCK_N=cfg.col_block_n,
+        num_warps=cfg.col_num_warps or cfg.num_warps,
+        num_stages=cfg.col_num_stages or cfg.num_stages, **common)
 
 
 def _head_sum(per_head: torch.Tensor, dim: int) -> torch.Tensor:
