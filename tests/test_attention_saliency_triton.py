@@ -253,3 +253,23 @@ def test_bit_reproducible_gpu():
         for r in runs[1:]:
             for a, b in zip(runs[0], r):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_tile_boundaries(causal):
+    """Windows and lengths on and around 16-wide tile edges: the loops split into masked head,
+    unmasked body and masked tail, and each split point must be exact."""
+    tb = _backend()
+    tiles = tb.BlockConfig(16, 16, 16, 16, 1, 1)
+    n = 49
+    lens = [49, 33]
+    q, k = _inputs((len(lens), 1, n, 16), 1, torch.float32, seed=7)
+    seq_lens = torch.tensor(lens, device=DEVICE)
+    # tile starts follow i0 - window + 1: windows = 15, 0, 1 (mod 16) put a tile on each edge
+    for window in (None, 1, 15, 16, 17, 31, 33):
+        kw = dict(causal=causal, scale=0.25, seq_lens=seq_lens, window=window)
+        ref64 = _ref_padded(q, k, upcast=True, **kw)
+        ref32 = _ref_padded(q, k, upcast=False, **kw)
+        for lse in (None, ref64[3].to(DEVICE)) if window in (None, 15) else (None,):
+            fast = tb.saliency_padded(q, k, lse=lse, config=tiles, **kw)
+            _assert_flash_rule(fast, ref64, ref32, f"window={window} lse={'given' if lse is not None else 'no'}")

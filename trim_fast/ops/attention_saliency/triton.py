@@ -38,8 +38,9 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-# Fixed-point unit of the fused (lse given) row entropy: per-tile partials are in [0, 0.531 * BLOCK_N]
-# nats, so an int64 holds sequences up to ~8e6 keys at 2^-40 resolution (finer than fp32).
+# Fixed-point unit of the fused (lse given) row entropy. With p clamped to <= 1 each -p ln p is in
+# [0, 1/e], so a row's int64 sum cannot overflow below ~2e7 keys; 2^-40 nats is finer than the fp32
+# per-tile partials it stores.
 ENTROPY_FIXED_POINT = 2.0 ** 40
 # Finite "minus infinity": exp2 of it is 0 and 0 * it is 0 (no NaN from -inf * 0).
 NEG_BIG = -1.0e30
@@ -113,19 +114,6 @@ def _visible(rows, cols, length, window, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _tile_is_full(i0, j0, length, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  CAUSAL: tl.constexpr):
-    """True when every (row, key) of the tile at (i0, j0) is visible: no mask needed."""
-    full = (i0 + BLOCK_M <= length) & (j0 + BLOCK_N <= length)
-    full = full & (i0 + BLOCK_M - 1 - j0 < window)
-    if CAUSAL:
-        full = full & (j0 + BLOCK_N - 1 <= i0)
-    else:
-        full = full & (j0 + BLOCK_N - 1 - i0 < window)
-    return full
-
-
-@triton.jit
 def _visible_keys(rows, length, window, CAUSAL: tl.constexpr):
     """n_i in closed form (``window`` > length means no window)."""
     if CAUSAL:
@@ -135,9 +123,75 @@ def _visible_keys(rows, length, window, CAUSAL: tl.constexpr):
     return n
 
 
+@triton.jit
+def _full_tile_span(lo, hi, first_full, last_full, STEP: tl.constexpr):
+    """Tiles start at ``lo, lo + STEP, ...`` below ``hi``; those starting in ``[first_full,
+    last_full]`` need no mask. Returns the (start, end) offsets of that unmasked run, so a loop is
+    split into masked head / unmasked body / masked tail (the flash-attention layout, which keeps
+    branches out of the pipelined loop)."""
+    num_tiles = (hi - lo + STEP - 1) // STEP
+    skip = tl.where(first_full > lo, (first_full - lo + STEP - 1) // STEP, 0)
+    skip = tl.minimum(skip, num_tiles)
+    upto = tl.where(last_full >= lo, (last_full - lo) // STEP + 1, 0)
+    upto = tl.minimum(tl.maximum(upto, skip), num_tiles)
+    return lo + skip * STEP, lo + upto * STEP
+
+
+@triton.jit
+def _load_rows(ptrs, rows, length, d_ok, MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr):
+    """[rows, BLOCK_D] tile, zero past the sequence end and past the head dim."""
+    if MASK_ROWS:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=rows[:, None] < length, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(rows[:, None] < length) & d_ok[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _load_keys_t(ptrs, cols, length, d_ok, MASK_COLS: tl.constexpr, EVEN_D: tl.constexpr):
+    """[BLOCK_D, cols] transposed key tile, zero past the sequence end and past the head dim."""
+    if MASK_COLS:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=cols[None, :] < length, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(cols[None, :] < length) & d_ok[:, None], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=d_ok[:, None], other=0.0)
+    return x
+
+
 # ------------------------------------------------------------------------------------------------
 # Row pass: lse and entropy per (row, head)
 # ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window, qk_scale_log2, m_i, l_i, a_i,
+              CAUSAL: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+              INPUT_PRECISION: tl.constexpr):
+    """One online-softmax step over key tile ``j0``; scores in log2 units."""
+    cols = j0 + offs_n
+    k_t = _load_keys_t(k_ptrs, cols, length, d_ok, MASK, EVEN_D)
+    t = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale_log2
+    if MASK:
+        t = tl.where(_visible(rows, cols, length, window, CAUSAL), t, _NEG_BIG)
+    m_new = tl.maximum(m_i, tl.max(t, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    shifted = t - m_new[:, None]
+    p = tl.math.exp2(shifted)
+    # A(m) = sum 2^(t - m) (t - m) moves to the new max as alpha * (A + (m_old - m_new) * l).
+    a_i = alpha * (a_i + (m_i - m_new) * l_i) + tl.sum(p * shifted, 1)
+    l_i = alpha * l_i + tl.sum(p, 1)
+    return m_new, l_i, a_i
 
 
 @triton.jit
@@ -148,7 +202,7 @@ def _row_pass_kernel(
     stride_ob, stride_oh, stride_on,
     num_heads, group, qk_scale_log2, window, head_dim,
     IS_VARLEN: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -165,8 +219,8 @@ def _row_pass_kernel(
         d_ok = offs_d < head_dim
         q_base = (q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
                   + (start + i0).to(tl.int64) * stride_qn)
-        q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :],
-                    mask=(rows[:, None] < length) & d_ok[None, :], other=0.0)
+        q = _load_rows(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], rows, length, d_ok,
+                       True, EVEN_D)
         k_base = (k_ptr + b.to(tl.int64) * stride_kb + (h // group).to(tl.int64) * stride_kh
                   + start.to(tl.int64) * stride_kn)
 
@@ -177,25 +231,32 @@ def _row_pass_kernel(
         lo = tl.maximum(i0 - window + 1, 0)
         if CAUSAL:
             hi = i_last + 1
+            last_full = tl.minimum(length - BLOCK_N, i0 - BLOCK_N + 1)
         else:
             hi = tl.minimum(length, i_last + window)
+            last_full = tl.minimum(length - BLOCK_N, i0 + window - BLOCK_N)
+        # Rows past the end need no mask here: they are zero and never stored.
+        first_full = tl.maximum(i0 + BLOCK_M - window, 0)
+        full_lo, full_hi = _full_tile_span(lo, hi, first_full, last_full, BLOCK_N)
+
         # 64-bit pointers advanced per tile: packed batches can exceed 2^31 elements.
         k_ptrs = (k_base + lo.to(tl.int64) * stride_kn + offs_n[None, :] * stride_kn
                   + offs_d[:, None])
-        for j0 in range(lo, hi, BLOCK_N):
-            cols = j0 + offs_n
-            k_t = tl.load(k_ptrs, mask=(cols[None, :] < length) & d_ok[:, None], other=0.0)
+        for j0 in range(lo, full_lo, BLOCK_N):
+            m_i, l_i, a_i = _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window,
+                                      qk_scale_log2, m_i, l_i, a_i, CAUSAL, True, EVEN_D,
+                                      INPUT_PRECISION)
             k_ptrs += BLOCK_N * stride_kn
-            t = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale_log2
-            if not _tile_is_full(i0, j0, length, window, BLOCK_M, BLOCK_N, CAUSAL):
-                t = tl.where(_visible(rows, cols, length, window, CAUSAL), t, _NEG_BIG)
-            m_new = tl.maximum(m_i, tl.max(t, 1))
-            alpha = tl.math.exp2(m_i - m_new)
-            shifted = t - m_new[:, None]
-            p = tl.math.exp2(shifted)
-            a_i = alpha * (a_i + (m_i - m_new) * l_i) + tl.sum(p * shifted, 1)
-            l_i = alpha * l_i + tl.sum(p, 1)
-            m_i = m_new
+        for j0 in range(full_lo, full_hi, BLOCK_N):
+            m_i, l_i, a_i = _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window,
+                                      qk_scale_log2, m_i, l_i, a_i, CAUSAL, False, EVEN_D,
+                                      INPUT_PRECISION)
+            k_ptrs += BLOCK_N * stride_kn
+        for j0 in range(full_hi, hi, BLOCK_N):
+            m_i, l_i, a_i = _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window,
+                                      qk_scale_log2, m_i, l_i, a_i, CAUSAL, True, EVEN_D,
+                                      INPUT_PRECISION)
+            k_ptrs += BLOCK_N * stride_kn
 
         lse = (m_i + tl.math.log2(l_i)) * _LN2
         entropy = tl.log(l_i) - _LN2 * a_i / l_i
@@ -212,6 +273,36 @@ def _row_pass_kernel(
 
 
 @triton.jit
+def _col_tile(q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
+              entropy_fixed_ptr, row_offs, col_mass, col_weighted,
+              CAUSAL: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+              FUSE_ROW_ENTROPY: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Accumulate query tile ``i0``'s probabilities into the key block's column sums."""
+    rows = i0 + offs_m
+    row_ok = rows < length
+    q = _load_rows(q_ptrs, rows, length, d_ok, MASK, EVEN_D)
+    if MASK:
+        lse2 = tl.load(lse_ptr + row_offs, mask=row_ok, other=0.0) * _LOG2E
+    else:
+        lse2 = tl.load(lse_ptr + row_offs) * _LOG2E
+    n_i = _visible_keys(rows, length, window, CAUSAL).to(tl.float32)
+    t = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale_log2
+    shifted = t - lse2[:, None]
+    if FUSE_ROW_ENTROPY:
+        shifted = tl.minimum(shifted, 0.0)  # p <= 1 keeps each -p log p in [0, 0.531]
+    p = tl.math.exp2(shifted)
+    if MASK:
+        p = tl.where(_visible(rows, cols, length, window, CAUSAL), p, 0.0)
+    col_mass += tl.sum(p, 0)
+    col_weighted += tl.sum(p * n_i[:, None], 0)
+    if FUSE_ROW_ENTROPY:
+        # -sum_j p log p over this tile's keys, in nats, to fixed point; int adds commute.
+        part = -tl.sum(p * shifted, 1) * (_LN2 * _FIXED_POINT)
+        tl.atomic_add(entropy_fixed_ptr + row_offs, part.to(tl.int64), mask=row_ok)
+    return col_mass, col_weighted
+
+
+@triton.jit
 def _col_pass_kernel(
     q_ptr, k_ptr, seq_lens_ptr, cu_seqlens_ptr, lse_ptr, col_mass_ptr, col_weighted_ptr,
     entropy_fixed_ptr,
@@ -220,7 +311,7 @@ def _col_pass_kernel(
     stride_ob, stride_oh, stride_on,
     num_heads, group, qk_scale_log2, window, head_dim,
     IS_VARLEN: tl.constexpr, CAUSAL: tl.constexpr, FUSE_ROW_ENTROPY: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -237,8 +328,8 @@ def _col_pass_kernel(
         d_ok = offs_d < head_dim
         k_base = (k_ptr + b.to(tl.int64) * stride_kb + (h // group).to(tl.int64) * stride_kh
                   + (start + j0).to(tl.int64) * stride_kn)
-        k_t = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
-                      mask=(cols[None, :] < length) & d_ok[:, None], other=0.0)
+        k_t = _load_keys_t(k_base + offs_n[None, :] * stride_kn + offs_d[:, None], cols, length,
+                           d_ok, True, EVEN_D)
         q_base = (q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
                   + start.to(tl.int64) * stride_qn)
         o_base = b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + start.to(tl.int64) * stride_on
@@ -247,32 +338,39 @@ def _col_pass_kernel(
         col_weighted = tl.zeros([BLOCK_N], tl.float32)
         j_last = tl.minimum(j0 + BLOCK_N, length) - 1
         hi = tl.minimum(length, j_last + window)
+        last_full = tl.minimum(length - BLOCK_M, j0 + window - BLOCK_M)
         if CAUSAL:
             lo = j0 - j0 % BLOCK_M  # keep query tiles aligned to the row pass's
+            first_full = j0 + BLOCK_N - 1
         else:
             lo = tl.maximum(j0 - window + 1, 0)
+            first_full = j0 + BLOCK_N - window
+        if j0 + BLOCK_N > length:  # the key block itself runs past the end: mask every tile
+            last_full = lo - 1
+        full_lo, full_hi = _full_tile_span(lo, hi, first_full, last_full, BLOCK_M)
+
         q_ptrs = (q_base + lo.to(tl.int64) * stride_qn + offs_m[:, None] * stride_qn
                   + offs_d[None, :])
         row_offs = o_base + lo.to(tl.int64) * stride_on + offs_m * stride_on
-        for i0 in range(lo, hi, BLOCK_M):
-            rows = i0 + offs_m
-            row_ok = rows < length
-            q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            lse2 = tl.load(lse_ptr + row_offs, mask=row_ok, other=0.0) * _LOG2E
-            n_i = _visible_keys(rows, length, window, CAUSAL).to(tl.float32)
-            t = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale_log2
-            shifted = t - lse2[:, None]
-            if FUSE_ROW_ENTROPY:
-                shifted = tl.minimum(shifted, 0.0)  # p <= 1 keeps each -p log p in [0, 0.531]
-            p = tl.math.exp2(shifted)
-            if not _tile_is_full(i0, j0, length, window, BLOCK_M, BLOCK_N, CAUSAL):
-                p = tl.where(_visible(rows, cols, length, window, CAUSAL), p, 0.0)
-            col_mass += tl.sum(p, 0)
-            col_weighted += tl.sum(p * n_i[:, None], 0)
-            if FUSE_ROW_ENTROPY:
-                # -sum_j p log p over this tile's keys, in nats, to fixed point; int adds commute.
-                part = -tl.sum(p * shifted, 1) * (_LN2 * _FIXED_POINT)
-                tl.atomic_add(entropy_fixed_ptr + row_offs, part.to(tl.int64), mask=row_ok)
+        for i0 in range(lo, full_lo, BLOCK_M):
+            col_mass, col_weighted = _col_tile(
+                q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
+                entropy_fixed_ptr, row_offs, col_mass, col_weighted,
+                CAUSAL, True, EVEN_D, FUSE_ROW_ENTROPY, INPUT_PRECISION)
+            q_ptrs += BLOCK_M * stride_qn
+            row_offs += BLOCK_M * stride_on
+        for i0 in range(full_lo, full_hi, BLOCK_M):
+            col_mass, col_weighted = _col_tile(
+                q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
+                entropy_fixed_ptr, row_offs, col_mass, col_weighted,
+                CAUSAL, False, EVEN_D, FUSE_ROW_ENTROPY, INPUT_PRECISION)
+            q_ptrs += BLOCK_M * stride_qn
+            row_offs += BLOCK_M * stride_on
+        for i0 in range(full_hi, hi, BLOCK_M):
+            col_mass, col_weighted = _col_tile(
+                q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
+                entropy_fixed_ptr, row_offs, col_mass, col_weighted,
+                CAUSAL, True, EVEN_D, FUSE_ROW_ENTROPY, INPUT_PRECISION)
             q_ptrs += BLOCK_M * stride_qn
             row_offs += BLOCK_M * stride_on
 
@@ -312,7 +410,7 @@ def _launch(q, k, lens_or_cu, lse_in, outs, *, is_varlen, num_seqs, max_seqlen, 
     window_arg = max_seqlen + 1 if window is None else min(int(window), max_seqlen + 1)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     common = dict(IS_VARLEN=is_varlen, CAUSAL=bool(causal), BLOCK_D=block_d,
-                  INPUT_PRECISION=precision)
+                  EVEN_D=block_d == head_dim, INPUT_PRECISION=precision)
     seq_lens = lens_or_cu  # one int32 tensor serves as seq_lens or cu_seqlens (IS_VARLEN picks)
     scalars = (num_heads, group, scale * LOG2E, window_arg, head_dim)
     if lse_in is None:
