@@ -140,6 +140,9 @@ def sweep(tb, q, k, scale, lse, warmup, reps):
         rows.append({"pass": "column", "block_m": bm, "block_n": bn, "warps": w, "stages": st, **t})
         if t["median_ms"] < best_col_ms:
             best_col, best_col_ms = (bm, bn, w, st), t["median_ms"]
+    if best_col is None:  # every column config failed: sweep rows with the default column pass
+        best_col = (base.col_block_m, base.col_block_n, base.col_num_warps or base.num_warps,
+                    base.col_num_stages or base.num_stages)
     best_row, best_ms = None, math.inf
     for bm, bn, w, st in row_options:
         cfg = tb.BlockConfig(bm, bn, best_col[0], best_col[1], w, st, best_col[2], best_col[3])

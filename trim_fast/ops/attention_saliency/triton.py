@@ -16,8 +16,11 @@ and tensors are addressed through strides.
 When the caller passes ``lse`` the row pass is skipped: the column pass also reduces each tile
 over its keys to ``-sum_j p log p`` and adds that partial into a per-row int64 buffer in fixed
 point (``2^40`` units) with ``tl.atomic_add``. Integer addition is associative, so the result is
-bit-reproducible whatever order the programs run in (float atomics would not be). One pass, one
-``q k^T`` per visible tile instead of two.
+bit-reproducible whatever order the programs run in (float atomics would not be).
+Cost per visible tile: without ``lse`` two ``q k^T`` and two exp (row pass, then column pass);
+with ``lse`` one ``q k^T``, one exp and one int64 atomic per row per tile. For scale, an attention
+forward does ``q k^T``, one exp and ``p v`` per tile. (A separate non-online row pass with ``lse``
+known would cost as much as the online one: the max bookkeeping is cheap next to ``q k^T``.)
 
 Head sums: every kernel writes per-head ``[B, H, N]`` (varlen ``[H, total]``) buffers, summed over
 heads in torch (float64, then fp32): deterministic, unlike float atomics across heads; the extra
@@ -28,7 +31,6 @@ straddle a boundary; tiles fully outside the visible band are never visited.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -73,7 +75,8 @@ def block_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 0) -> Bloc
     """Tile sizes: small under the (slow, numpy) interpreter, where per-op overhead dominates
     (16 for short sequences so several tiles and both the masked and unmasked paths run, else 32);
     flash-attention-like on the GPU, smaller for fp32 and head dim 256 to fit shared memory and
-    registers (checked with ptxas for sm_90: no spills for bf16/fp16 at D <= 256)."""
+    registers (sm_90 registers/spills: bench/triton_sm90_compile_check.py). Not yet tuned on a
+    GPU: bench/gpu_attention_saliency.py --sweep times alternatives."""
     if interpreted():
         size = 16 if max_seqlen <= 64 else 32
         return BlockConfig(size, size, size, size, 1, 1)
@@ -289,7 +292,7 @@ def _col_tile(q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2
     t = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale_log2
     shifted = t - lse2[:, None]
     if FUSE_ROW_ENTROPY:
-        shifted = tl.minimum(shifted, 0.0)  # p <= 1 keeps each -p log p in [0, 0.531]
+        shifted = tl.minimum(shifted, 0.0)  # p <= 1 keeps each -p log2 p in [0, 0.531]
     p = tl.math.exp2(shifted)
     if MASK:
         p = tl.where(_visible(rows, cols, length, window, CAUSAL), p, 0.0)
