@@ -113,7 +113,7 @@ PADDED_CASES = [
     pytest.param(True, 4, 1, 96, 33, [33, 20], 8, id="causal-mqa-d96-window8"),
     pytest.param(False, 2, 2, 64, 17, [17, 5], None, id="bidir-mha-d64-n17"),
     pytest.param(False, 4, 1, 80, 40, [40, 31], 6, id="bidir-mqa-d80-window6"),
-    pytest.param(True, 2, 1, 128, 24, [24, 24], None, id="causal-mqa-d128"),
+    pytest.param(True, 2, 1, 128, 24, [24, 0], None, id="causal-mqa-d128-len0"),
     pytest.param(False, 1, 1, 256, 20, [20], 30, id="bidir-d256-window-wider-than-n"),
 ]
 
