@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from trim_fast.ops.attention_saliency import attention_saliency_varlen
+from trim_fast.ops.attention_saliency import BACKENDS, attention_saliency_varlen
 from trim_fast.reference import SaliencyStats
 
 ATTN_IMPLEMENTATION = "trim_fast_capture"
@@ -76,6 +76,8 @@ class PackedLayout:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, ...]`` -> ``[total, ...]``."""
+        if self.flat_index.numel() == self.batch * self.seq_len:  # no padding
+            return x.reshape(self.batch * self.seq_len, *x.shape[2:])
         return x.reshape(self.batch * self.seq_len, *x.shape[2:]).index_select(0, self.flat_index)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
@@ -327,6 +329,8 @@ def capturing(model: torch.nn.Module, *, layers: int = 6, backend: str = "auto",
     ``session.begin(packed_layout(mask))`` before each forward."""
     if lse not in LSE_MODES:
         raise ValueError(f"lse must be one of {LSE_MODES}, got {lse!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_capturable(model)
     register()
     mods = attention_modules(model)
