@@ -3,6 +3,7 @@ output_attentions path, on the tiny models: padded batches of mixed lengths, lef
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import os
 import random
@@ -89,6 +90,37 @@ def test_capture_matches_reference(family_models, side, layers):
     assert torch.all(fast.col[mask == 0] == 0)
     assert torch.equal(fast.attention_mask, mask.bool()) and torch.equal(fast.input_ids, ids)
     assert model.config._attn_implementation == "sdpa"
+
+
+def _available(backend):
+    """A backend present in this tree (the fast ones are written in parallel branches)."""
+    from trim_fast.ops.attention_saliency import _MODULES, resolve_backend
+
+    try:
+        resolve_backend(backend, torch.device("cpu"))
+        importlib.import_module(_MODULES[backend])
+    except (ImportError, RuntimeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_capture_fast_backends_match_reference(family_models, backend, side):
+    """The same comparison through the fast saliency kernels, lse from the forward and not."""
+    why = _available(backend)
+    if why is not None:
+        pytest.skip(f"backend {backend!r} not available: {why}")
+    family, model, oracle = family_models
+    ids, mask = _batch(LENGTHS, side, seed=3)
+    ref = capture_reference(model, ids, mask, layers=2)
+    exact = _unpadded_oracle(oracle, ids, mask, 2)
+    for lse in ("auto", "off"):
+        fast = capture_saliency(model, ids, mask, layers=2, backend=backend, lse=lse)
+        for name in ("alpha", "row", "col"):
+            bound = 2 * _valid_err(getattr(ref, name), getattr(exact, name), mask) + FLOOR
+            assert _valid_err(getattr(fast, name), getattr(exact, name), mask) <= bound, (name, lse)
+        assert torch.all(fast.alpha[mask == 0] == 0)
 
 
 def test_padding_side_and_batchmates_do_not_change_results(family_models):
