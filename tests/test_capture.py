@@ -21,7 +21,7 @@ from trim_fast.capture import (
     packed_layout,
     token_budget_batches,
 )
-from trim_fast.capture.attention import _SLOT_ATTR, attention_modules, default_stats_fn
+from trim_fast.capture.attention import _SLOT_ATTR, attention_modules, default_stats_fn, lse_matches
 from trim_fast.models.tiny import TINY_FAMILIES, tiny_config, tiny_model
 
 FLOOR = 1e-6
@@ -168,6 +168,23 @@ def test_lse_from_attention_forward_is_the_natural_log_with_scale(family_models)
             torch.testing.assert_close(kw["lse"][:, s:e].double(), want, atol=1e-5, rtol=1e-5)
         assert kw["causal"] == (family != "bert")
         assert kw["window"] == (8 if family == "mistral" else None)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_lse_spot_check_catches_other_conventions(causal):
+    """The check guarding the (GPU-only) flash lse route accepts the CPU flash lse and rejects
+    a log2 lse, an lse without the scale, and a shifted one."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 9, 16, generator=g) for h in (4, 2, 2))
+    scale = 0.3
+    kk, vv = (x.repeat_interleave(2, dim=1) for x in (k, v))
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kk, vv, 0.0, causal, scale=scale)
+    assert lse_matches(q, k, lse, scale=scale, causal=causal)
+    assert not lse_matches(q, k, lse / torch.log(torch.tensor(2.0)), scale=scale, causal=causal)
+    _, unscaled = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kk, vv, 0.0, causal, scale=1.0)
+    assert not lse_matches(q, k, unscaled, scale=scale, causal=causal)
+    assert not lse_matches(q, k, lse + 0.05, scale=scale, causal=causal)
+    assert not lse_matches(q, k, lse[:, :, :-1], scale=scale, causal=causal)
 
 
 def test_lse_on_and_off_agree(family_models):
