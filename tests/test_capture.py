@@ -92,6 +92,23 @@ def test_capture_matches_reference(family_models, side, layers):
     assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_capture_half_precision(family, dtype):
+    """bf16/fp16 models: the capture's error against the float64 oracle stays within twice the
+    eager reference's own error in that dtype."""
+    model = tiny_model(family).to(dtype)
+    oracle = tiny_model(family).double()
+    ids, mask = _batch(LENGTHS, "left", seed=5)
+    fast = capture_saliency(model, ids, mask, layers=2, backend="reference")
+    ref = capture_reference(model, ids, mask, layers=2)
+    exact = _unpadded_oracle(oracle, ids, mask, 2)
+    assert fast.hidden.dtype == dtype and fast.alpha.dtype == torch.float32
+    for name in ("alpha", "hidden"):
+        bound = 2 * _valid_err(getattr(ref, name), getattr(exact, name), mask) + FLOOR
+        assert _valid_err(getattr(fast, name), getattr(exact, name), mask) <= bound, name
+
+
 def _available(backend):
     """A backend present in this tree (the fast ones are written in parallel branches)."""
     from trim_fast.ops.attention_saliency import _MODULES, resolve_backend
