@@ -3,6 +3,7 @@ output_attentions path, on the tiny models: padded batches of mixed lengths, lef
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import os
 import random
@@ -20,7 +21,7 @@ from trim_fast.capture import (
     packed_layout,
     token_budget_batches,
 )
-from trim_fast.capture.attention import _SLOT_ATTR, attention_modules, default_stats_fn
+from trim_fast.capture.attention import _SLOT_ATTR, attention_modules, default_stats_fn, lse_matches
 from trim_fast.models.tiny import TINY_FAMILIES, tiny_config, tiny_model
 
 FLOOR = 1e-6
@@ -91,6 +92,54 @@ def test_capture_matches_reference(family_models, side, layers):
     assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_capture_half_precision(family, dtype):
+    """bf16/fp16 models: the capture's error against the float64 oracle stays within twice the
+    eager reference's own error in that dtype."""
+    model = tiny_model(family).to(dtype)
+    oracle = tiny_model(family).double()
+    ids, mask = _batch(LENGTHS, "left", seed=5)
+    fast = capture_saliency(model, ids, mask, layers=2, backend="reference")
+    ref = capture_reference(model, ids, mask, layers=2)
+    exact = _unpadded_oracle(oracle, ids, mask, 2)
+    assert fast.hidden.dtype == dtype and fast.alpha.dtype == torch.float32
+    for name in ("alpha", "hidden"):
+        bound = 2 * _valid_err(getattr(ref, name), getattr(exact, name), mask) + FLOOR
+        assert _valid_err(getattr(fast, name), getattr(exact, name), mask) <= bound, name
+
+
+def _available(backend):
+    """A backend present in this tree (the fast ones are written in parallel branches)."""
+    from trim_fast.ops.attention_saliency import _MODULES, resolve_backend
+
+    try:
+        resolve_backend(backend, torch.device("cpu"))
+        importlib.import_module(_MODULES[backend])
+    except (ImportError, RuntimeError, ValueError) as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_capture_fast_backends_match_reference(family_models, backend, side):
+    """The same comparison through the fast saliency kernels, lse from the forward and not."""
+    why = _available(backend)
+    if why is not None:
+        pytest.skip(f"backend {backend!r} not available: {why}")
+    family, model, oracle = family_models
+    ids, mask = _batch(LENGTHS, side, seed=3)
+    ref = capture_reference(model, ids, mask, layers=2)
+    exact = _unpadded_oracle(oracle, ids, mask, 2)
+    for lse in ("auto", "off"):
+        fast = capture_saliency(model, ids, mask, layers=2, backend=backend, lse=lse)
+        for name in ("alpha", "row", "col"):
+            bound = 2 * _valid_err(getattr(ref, name), getattr(exact, name), mask) + FLOOR
+            assert _valid_err(getattr(fast, name), getattr(exact, name), mask) <= bound, (name, lse)
+        assert torch.all(fast.alpha[mask == 0] == 0)
+
+
 def test_padding_side_and_batchmates_do_not_change_results(family_models):
     """Position ids count from the first valid token: left, right and no padding agree."""
     _, model, _ = family_models
@@ -136,6 +185,23 @@ def test_lse_from_attention_forward_is_the_natural_log_with_scale(family_models)
             torch.testing.assert_close(kw["lse"][:, s:e].double(), want, atol=1e-5, rtol=1e-5)
         assert kw["causal"] == (family != "bert")
         assert kw["window"] == (8 if family == "mistral" else None)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_lse_spot_check_catches_other_conventions(causal):
+    """The check guarding the (GPU-only) flash lse route accepts the CPU flash lse and rejects
+    a log2 lse, an lse without the scale, and a shifted one."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 9, 16, generator=g) for h in (4, 2, 2))
+    scale = 0.3
+    kk, vv = (x.repeat_interleave(2, dim=1) for x in (k, v))
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kk, vv, 0.0, causal, scale=scale)
+    assert lse_matches(q, k, lse, scale=scale, causal=causal)
+    assert not lse_matches(q, k, lse / torch.log(torch.tensor(2.0)), scale=scale, causal=causal)
+    _, unscaled = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kk, vv, 0.0, causal, scale=1.0)
+    assert not lse_matches(q, k, unscaled, scale=scale, causal=causal)
+    assert not lse_matches(q, k, lse + 0.05, scale=scale, causal=causal)
+    assert not lse_matches(q, k, lse[:, :, :-1], scale=scale, causal=causal)
 
 
 def test_lse_on_and_off_agree(family_models):

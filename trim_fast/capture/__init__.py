@@ -100,8 +100,9 @@ def capture_saliency(
 
     ``layers``: ``L``, the last layers whose attention counts (clipped to depth). ``backend``:
     the :func:`trim_fast.ops.attention_saliency_varlen` backend. ``lse``: ``"auto"`` passes the
-    row log-sum-exp of the attention forward to the saliency call where the backend exposes it
-    (CPU flash attention), ``"off"`` never. The model must be in eval mode.
+    row log-sum-exp of the attention forward to the saliency call where the attention kernel
+    exposes it (CPU flash attention, any mask; CUDA flash attention, fp16/bf16 batches with no
+    mask, spot-checked once per call, else plain SDPA); ``"off"`` never. Eval mode only.
     """
     _check_weights(w_row, w_col)
     base, input_ids, layout = _prepare(model, input_ids, attention_mask)

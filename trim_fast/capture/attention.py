@@ -15,12 +15,14 @@ tags. Different models are independent.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from trim_fast.ops.attention_saliency import attention_saliency_varlen
+from trim_fast.ops.attention_saliency import BACKENDS, attention_saliency_varlen
 from trim_fast.reference import SaliencyStats
 
 ATTN_IMPLEMENTATION = "trim_fast_capture"
@@ -76,6 +78,8 @@ class PackedLayout:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, ...]`` -> ``[total, ...]``."""
+        if self.flat_index.numel() == self.batch * self.seq_len:  # no padding
+            return x.reshape(self.batch * self.seq_len, *x.shape[2:])
         return x.reshape(self.batch * self.seq_len, *x.shape[2:]).index_select(0, self.flat_index)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +138,8 @@ class CaptureSession:
     layout: PackedLayout | None = None
     stats: dict[int, SaliencyStats] = field(default_factory=dict)
     windows: dict[int, int | None] = field(default_factory=dict)
+    cuda_lse_ok: bool = True  # False once the CUDA lse route failed its check in this capture
+    cuda_lse_checked: bool = False
     _float_masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def begin(self, layout: PackedLayout) -> None:
@@ -186,17 +192,73 @@ def _sdpa_with_lse_cpu(session, query, key, value, attention_mask, *, scale, cau
     return out.transpose(1, 2).contiguous(), lse
 
 
-def _lse_available(query: torch.Tensor, key: torch.Tensor, session: CaptureSession) -> bool:
-    # CUDA: flash/efficient attention also return lse, but with layout and masking constraints
-    # not verified without a GPU; there the saliency kernel computes lse in its own first pass.
-    return (session.lse == "auto" and query.device.type == "cpu"
-            and query.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and query.shape[2] == key.shape[2])
+def _sdpa_with_lse_cuda(query, key, value, *, scale, causal):
+    """CUDA flash attention for an unmasked batch (no padding, no active window): ``(out, lse)``
+    with lse ``[B, H, N]``. Not run on a GPU yet: the first call of each capture is spot-checked
+    (:func:`lse_matches`) and the capture falls back to plain SDPA if it disagrees."""
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    res = torch.ops.aten._scaled_dot_product_flash_attention(
+        query, key, value, 0.0, causal and query.shape[2] > 1, False, scale=scale)
+    return res[0].transpose(1, 2).contiguous(), res[1][..., : query.shape[2]].float()
+
+
+def lse_matches(query, key, lse, *, scale, causal) -> bool:
+    """Spot-check an unmasked batch's ``lse`` ``[B, H, N]`` against ``logsumexp(scale q k^T)``
+    (natural log, over the visible keys) recomputed in fp32 for the first and last row of
+    example 0, every head. O(n) work."""
+    if tuple(lse.shape) != tuple(query.shape[:3]):
+        return False
+    n = query.shape[2]
+    k0 = key[0].float().repeat_interleave(query.shape[1] // key.shape[1], dim=0)  # [H, N, D]
+    for r in sorted({0, n - 1}):
+        keys = k0[:, : r + 1] if causal else k0
+        s = torch.einsum("hd,hnd->hn", query[0, :, r].float(), keys) * scale
+        want = torch.logsumexp(s, dim=-1)
+        got = lse[0, :, r].float()
+        if not bool(torch.all((got - want).abs() <= 1e-2 + 1e-3 * want.abs())):
+            return False
+    return True
+
+
+def _lse_route(query, key, attention_mask, session: CaptureSession) -> str | None:
+    """Which attention call can hand its lse to the saliency call, or None (plain SDPA; the
+    saliency kernel then computes lse in its own first pass)."""
+    if session.lse != "auto" or query.shape[2] != key.shape[2]:
+        return None
+    if query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return "cpu"
+    if (query.device.type == "cuda" and attention_mask is None and session.cuda_lse_ok
+            and query.dtype in (torch.float16, torch.bfloat16)
+            and query.shape[-1] % 8 == 0 and query.shape[-1] <= 256):
+        return "cuda"
+    return None
+
+
+def _attention_with_lse(session, module, query, key, value, attention_mask, kwargs, *, scale, causal):
+    """``(out [B, N, H, D], lse [B, H, N] or None)``."""
+    route = _lse_route(query, key, attention_mask, session)
+    if route == "cpu":
+        return _sdpa_with_lse_cpu(session, query, key, value, attention_mask, scale=scale, causal=causal)
+    if route == "cuda":
+        try:
+            out, lse = _sdpa_with_lse_cuda(query, key, value, scale=scale, causal=causal)
+            ok = session.cuda_lse_checked or lse_matches(query, key, lse, scale=scale, causal=causal)
+        except RuntimeError as e:  # kernel not built for this GPU / shape
+            ok, why = False, f"{type(e).__name__}: {e}"
+        else:
+            why = "its lse disagrees with logsumexp(scale q k^T)"
+        if ok:
+            session.cuda_lse_checked = True
+            return out, lse
+        session.cuda_lse_ok = False
+        warnings.warn(f"trim_fast capture: CUDA flash attention lse not used ({why}); falling back "
+                      "to plain SDPA, the saliency kernel computes lse itself", RuntimeWarning)
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return out, None
 
 
 def _captured_forward(slot: LayerCapture, module, query, key, value, attention_mask, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     session = slot.session
     layout = session.layout
     if kwargs.get("softcap") is not None:
@@ -217,13 +279,9 @@ def _captured_forward(slot: LayerCapture, module, query, key, value, attention_m
     window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
     causal = slot.causal if kwargs.get("is_causal") is None else bool(kwargs["is_causal"]) and slot.causal
 
-    if _lse_available(query, key, session):
-        out, lse = _sdpa_with_lse_cpu(session, query, key, value, attention_mask, scale=scale,
-                                      causal=causal)
-        lse_packed = layout.pack(lse.transpose(1, 2)).transpose(0, 1)  # [H, total]
-    else:
-        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        lse_packed = None
+    out, lse = _attention_with_lse(session, module, query, key, value, attention_mask, kwargs,
+                                   scale=scale, causal=causal)
+    lse_packed = None if lse is None else layout.pack(lse.transpose(1, 2)).transpose(0, 1)  # [H, total]
     q = layout.pack(query.transpose(1, 2))  # [total, H, D]
     k = layout.pack(key.transpose(1, 2))  # [total, H_kv, D]
     session.stats[slot.layer_idx] = session.stats_fn(
@@ -237,8 +295,6 @@ def capture_attention_forward(module, query, key, value, attention_mask, **kwarg
     """The registered attention function: plain SDPA unless ``module`` is tagged for capture."""
     slot = getattr(module, _SLOT_ATTR, None)
     if slot is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return _captured_forward(slot, module, query, key, value, attention_mask, **kwargs)
 
@@ -327,6 +383,8 @@ def capturing(model: torch.nn.Module, *, layers: int = 6, backend: str = "auto",
     ``session.begin(packed_layout(mask))`` before each forward."""
     if lse not in LSE_MODES:
         raise ValueError(f"lse must be one of {LSE_MODES}, got {lse!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_capturable(model)
     register()
     mods = attention_modules(model)
