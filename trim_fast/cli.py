@@ -101,6 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("eval", help="selection quality on a labelled pool: TRIM against random, "
+                       "representation similarity and BM25; ablations; a downstream check")
+    p.add_argument("--model", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--pool", action="append", default=[], metavar="FILE",
+                   help="labelled pool (records carry 'family'); default: the demo generator's")
+    p.add_argument("--targets", action="append", default=[], metavar="FILE",
+                   help="one file per family (its records' 'family' names it); default: demo targets")
+    p.add_argument("--pool-size", type=int, default=1000, help="demo pool size")
+    p.add_argument("--targets-per-family", type=int, default=8)
+    p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--downstream", default="unit_conversion",
+                   help="family for the LoRA downstream check ('none' to skip)")
+    p.add_argument("--heldout", default=None,
+                   help="held-out examples of the downstream family (default: generated for the demo)")
+    p.add_argument("--heldout-size", type=int, default=32)
+    p.add_argument("--downstream-epochs", type=int, default=2)
+    p.add_argument("--downstream-lr", type=float, default=2e-4)
+    p.add_argument("--downstream-r", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
     return ap
 
 
@@ -412,7 +435,54 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"select": cmd_select, "fingerprint": cmd_fingerprint, "score": cmd_score,
+def cmd_eval(args) -> int:
+    from trim_fast import outputs
+    from trim_fast.data import load_examples
+    from trim_fast.demo.generate import generate, heldout_examples
+    from trim_fast.evaluation.quality import run_downstream, run_quality, save_result
+    from trim_fast.pipeline import SelectionConfig
+
+    out_dir = outputs.ensure_out_dir(args.out)
+    if bool(args.pool) != bool(args.targets):
+        raise ValueError("give both --pool and --targets, or neither (the demo data is used)")
+    demo = not args.pool
+    if demo:
+        manifest = generate(os.path.join(out_dir, "data"), pool_size=args.pool_size,
+                            targets_per_family=args.targets_per_family, seed=args.seed)
+        args.pool, args.targets = manifest["pool"], list(manifest["targets"].values())
+    pool = load_examples(args.pool)
+    if not any(e.meta.get("family") for e in pool):
+        raise DataError("eval needs a labelled pool: records with a 'family' field")
+    targets = dict(zip(_task_names(args.targets), (load_examples([p]) for p in args.targets)))
+    ns = argparse.Namespace(model=args.model, adapter=None, device=args.device, dtype=args.dtype)
+    model, tok = _load(ns)
+    cfg = SelectionConfig(max_tokens=args.max_tokens, seed=args.seed)
+    result = run_quality(model, tok, pool, targets, cfg, ablations=not args.no_ablations)
+    downstream = None
+    if args.downstream != "none":
+        task = next((t for t, f in result["families"].items() if f["family"] == args.downstream), None)
+        if task is None:
+            raise ValueError(f"--downstream {args.downstream!r}: no target file of that family")
+        if args.heldout:
+            heldout = load_examples([args.heldout])
+        elif demo:
+            heldout = heldout_examples(args.downstream, args.heldout_size, seed=args.seed + 7_777,
+                                       exclude=pool)
+        else:
+            raise ValueError("--downstream needs --heldout FILE with new examples of that family")
+        downstream = run_downstream(args.model, tok, pool, result["families"][task]["trim_top5"],
+                                    heldout, args.downstream, out_dir, seed=args.seed,
+                                    warmup_overrides={"epochs": args.downstream_epochs,
+                                                      "lr": args.downstream_lr, "r": args.downstream_r,
+                                                      "alpha": 2 * args.downstream_r,
+                                                      "effective_batch": 8})
+    save_result(result, out_dir, downstream)
+    with open(os.path.join(out_dir, "quality.md")) as f:
+        print(f.read())
+    return 0
+
+
+COMMANDS = {"eval": cmd_eval, "select": cmd_select, "fingerprint": cmd_fingerprint, "score": cmd_score,
             "pick": cmd_pick, "demo": cmd_demo}
 
 

@@ -183,6 +183,26 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
     return {"pool": [chat_path, alpaca_path], "targets": target_paths, "family_counts": counts}
 
 
+def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
+    """``n`` new examples of ``family`` (chat format), none equal to an example in ``exclude``."""
+    from trim_fast.data.formats import to_example
+
+    seen = {json.dumps(e.messages) for e in exclude if e.messages is not None}
+    rng = random.Random(seed)
+    out = []
+    for _ in range(100 * n):
+        q, a = make_example(family, rng)
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        if json.dumps(msgs) in seen:
+            continue
+        seen.add(json.dumps(msgs))
+        out.append(to_example({"id": f"heldout-{family}-{len(out)}", "family": family, "messages": msgs},
+                              "messages", f"heldout:{family}", len(out) + 1))
+        if len(out) == n:
+            return out
+    raise ValueError(f"could not make {n} new examples of {family!r}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")

@@ -213,18 +213,23 @@ def run_quality(model, tokenizer, pool: Sequence[Example], targets: dict[str, li
         return score_from_cache(cache, bank, c, c.scope, idf[c.scope] if c.idf == "pool" else None)
 
     per_family = {}
+    from trim_fast.selection import select_top_k
+
     for task, tgt in targets.items():
         fam = fam_of[task]
         tvec = torch.stack([_mean_pooled(*_target_hidden(model, tokenizer, ex, cfg)) for ex in tgt])
+        default_scores = trim_scores(task, {})
         rows = {
-            "TRIM": evaluate_selector(trim_scores(task, {}), cache, fam),
+            "TRIM": evaluate_selector(default_scores, cache, fam),
             "random": evaluate_selector(None, cache, fam),
             "repsim": evaluate_selector(repsim_scores(cache, tvec), cache, fam),
             "bm25": evaluate_selector(bm25_scores([_text(e) for e in cache.examples],
                                                   [_text(e) for e in tgt]), cache, fam),
         }
+        k5 = max(1, round(0.05 * len(pool)))
         per_family[task] = {"family": fam, "family_size": sum(f == fam for f in cache.families),
-                            "selectors": rows}
+                            "selectors": rows,
+                            "trim_top5": select_top_k(default_scores, k5).tolist()}
         progress(f"{task}: TRIM P@5% {rows['TRIM']['P@5%']:.3f}, random {rows['random']['P@5%']:.3f}, "
                  f"repsim {rows['repsim']['P@5%']:.3f}, bm25 {rows['bm25']['P@5%']:.3f}")
     result = {"pool_size": len(pool), "families": per_family, "config": cfg.__dict__.copy(),
@@ -311,3 +316,54 @@ def save_result(result: dict, out_dir: str, downstream: dict | None = None) -> N
     with atomic_open(os.path.join(out_dir, "quality.md")) as f:
         f.write(format_markdown(result, downstream))
     write_plot(result, os.path.join(out_dir, "quality.png"))
+
+
+def heldout_loss(model, tokenizer, examples: Sequence[Example], *, max_length: int = 2048,
+                 batch: int = 8) -> float:
+    """Mean cross-entropy per response token of a causal LM on ``examples`` (prompt tokens and
+    template text carry no loss, as in the warmup)."""
+    from trim_fast.warmup import build_training_batch, loss_sum
+
+    toks = [tokenize_example(tokenizer, ex, scope="response", max_length=max_length) for ex in examples]
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(toks), batch):
+            b = build_training_batch(toks[s:s + batch], tokenizer.pad_token_id, device)
+            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+            loss, n = loss_sum(out.logits, b["labels"])
+            total += float(loss)
+            count += n
+    if count == 0:
+        raise ValueError("held-out set has no response tokens")
+    return total / count
+
+
+def run_downstream(model_name, tokenizer, pool: Sequence[Example], trim_selection: Sequence[int],
+                   heldout: Sequence[Example], family: str, out_dir: str, *, seed: int = 0,
+                   warmup_overrides: dict | None = None, progress: Callable[[str], None] = _log) -> dict:
+    """LoRA fine-tune the model on TRIM's selection and on a seeded random selection of the same
+    size; report each one's held-out loss on new examples of the target family, and the base's."""
+    import random
+
+    from trim_fast.warmup import WarmupConfig, load_causal_lm, run_warmup
+
+    from trim_fast.models.loading import parse_dtype
+
+    cfg = WarmupConfig(fraction=1.0, seed=seed, **(warmup_overrides or {}))
+    dtype = parse_dtype(cfg.dtype, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    k = len(trim_selection)
+    random_selection = random.Random(seed).sample(range(len(pool)), k)
+    losses = {"base model": heldout_loss(load_causal_lm(model_name, dtype), tokenizer, heldout)}
+    for name, sel in (("TRIM 5%", trim_selection), ("random 5%", random_selection)):
+        model = load_causal_lm(model_name, dtype)
+        run_warmup(model, [pool[i] for i in sel], tokenizer, cfg,
+                   os.path.join(out_dir, "downstream", name.split()[0].lower()), progress=False)
+        losses[name] = heldout_loss(model, tokenizer, heldout)
+        progress(f"downstream {name}: held-out loss {losses[name]:.4f}")
+    share = {name: sum(1 for i in sel if pool[i].meta.get("family") == family) / max(1, k)
+             for name, sel in (("TRIM 5%", trim_selection), ("random 5%", random_selection))}
+    return {"family": family, "train_size": k, "heldout_size": len(heldout), "losses": losses,
+            "family_share_of_training_set": share,
+            "warmup_config": {k2: v for k2, v in cfg.__dict__.items() if k2 != "target_modules"}}
