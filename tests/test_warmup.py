@@ -323,10 +323,12 @@ def test_select_flags_do_not_clash_and_warmup_switch(tmp_path, monkeypatch):
     select = next(a for a in parser._subparsers._group_actions if hasattr(a, "choices")).choices["select"]
     add_warmup_args(select, for_select=True)
     args = parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path), "--warmup",
-                              "--warmup-fraction", "0.1", "--lora-r", "8"])
-    assert args.warmup and args.warmup_fraction == 0.1 and args.lora_r == 8 and args.fraction == 0.05
+                              "--warmup-fraction", "0.1", "--lora-r", "8", "--warmup-lr", "1e-4",
+                              "--warmup-ratio", "0.1", "--warmup-gradient-checkpointing"])
+    assert args.warmup and args.warmup_fraction == 0.1 and args.fraction == 0.05
     cfg, _ = config_from_args(args, device=torch.device("cuda"), fraction=args.warmup_fraction)
-    assert cfg == WarmupConfig(fraction=0.1, r=8)  # select's shared flags carry the defaults
+    # select's shared flags (--seed, --dtype, --max-length) carry the warmup defaults
+    assert cfg == WarmupConfig(fraction=0.1, r=8, lr=1e-4, warmup_ratio=0.1, gradient_checkpointing=True)
     calls = {}
     monkeypatch.setattr("trim_fast.warmup.warmup_from_args",
                         lambda a, pool, tok, out, fraction: calls.update(out=out, fraction=fraction))

@@ -330,7 +330,9 @@ _CFG_FLAGS = {  # WarmupConfig field -> (flag, type, help)
 def add_warmup_args(parser: argparse.ArgumentParser, *, for_select: bool = False) -> None:
     """Flags of ``trim-fast warmup``; with ``for_select``, only those ``select`` lacks, plus
     ``--warmup``, ``--warmup-fraction`` and ``--warmup-out`` (select's --model, --pool, --seed,
-    --device, --dtype, --max-length, --no-progress are shared)."""
+    --device, --dtype, --max-length, --no-progress are shared), and --lr, --epochs, --batch-size,
+    --micro-batch, --weight-decay, --gradient-checkpointing become --warmup-lr, --warmup-epochs ...
+    The parsed values land in ``args.warmup_<WarmupConfig field>`` either way."""
     defaults = WarmupConfig()
     if for_select:
         g = parser.add_argument_group("warmup (SPEC 5)")
@@ -360,18 +362,27 @@ def add_warmup_args(parser: argparse.ArgumentParser, *, for_select: bool = False
         shown = ",".join(default) if fname == "target_modules" else default
         cpu = f"; on CPU {CPU_DEFAULTS[fname]:g} unless given" if fname in CPU_DEFAULTS else ""
         # None: "not given", so that the CPU defaults can apply
-        g.add_argument(flag, type=typ, default=None, help=f"{text} (default {shown}{cpu})")
-    g.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute activations in backward: less memory, ~30%% slower")
+        g.add_argument(_flag(flag, for_select), dest=f"warmup_{fname}", metavar=fname.upper(), type=typ,
+                       default=None,
+                       help=f"{text} (default {shown}{cpu})")
+    g.add_argument(_flag("--gradient-checkpointing", for_select), dest="warmup_gradient_checkpointing",
+                   action="store_true", help="recompute activations in backward: less memory, slower")
+
+
+def _flag(flag: str, for_select: bool) -> str:
+    """On ``select``, the generic names (--lr, --epochs ...) get a ``--warmup-`` prefix."""
+    if for_select and not flag.startswith(("--lora-", "--warmup-")):
+        return "--warmup-" + flag[2:]
+    return flag
 
 
 def config_from_args(args, *, device: torch.device, fraction: float) -> tuple[WarmupConfig, dict]:
     """The config of the flags given; on CPU, :data:`CPU_DEFAULTS` fill the flags not given.
     Returns the config and the CPU defaults that were applied."""
     kw = {"fraction": fraction, "seed": args.seed, "dtype": args.dtype, "max_length": args.max_length,
-          "gradient_checkpointing": args.gradient_checkpointing}
-    for fname, (flag, _, _) in _CFG_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+          "gradient_checkpointing": args.warmup_gradient_checkpointing}
+    for fname in _CFG_FLAGS:
+        value = getattr(args, f"warmup_{fname}")
         if value is not None:
             kw[fname] = tuple(s.strip() for s in value.split(",") if s.strip()) if fname == "target_modules" else value
     applied = {}
