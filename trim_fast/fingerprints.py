@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
 
+from trim_fast.io import save_safetensors_atomic
 from trim_fast.reference import Fingerprints
 from trim_fast.validation import check_finite
 
@@ -238,7 +238,6 @@ class FingerprintBank:
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file (tensors + JSON header in its metadata), atomically."""
-        from safetensors.torch import save_file
 
         path = os.fspath(path)
         tensors = {
@@ -248,16 +247,7 @@ class FingerprintBank:
             "mass": self.mass.detach().to("cpu", torch.float32).contiguous(),
         }
         header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(self.meta)}
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".bank-", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        save_safetensors_atomic(tensors, os.fspath(path), header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: dict | None = None,

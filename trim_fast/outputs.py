@@ -2,35 +2,15 @@
 in score order, the score table (Parquet and CSV), ``summary.json`` and ``report.png``."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
 import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 from trim_fast.data import Example
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
-    """Write to a temp file beside ``path`` and rename it in place only when the block succeeds."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + "-")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+from trim_fast.io import atomic_open
 
 
 def ensure_out_dir(path: str) -> str:

@@ -20,10 +20,11 @@ from typing import Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from trim_fast.data import DataError, Example, read_examples, tokenize_example
 from trim_fast.distributed import DistContext
+from trim_fast.io import save_safetensors_atomic
 
 CACHE_VERSION = 1
 
@@ -134,10 +135,7 @@ class TokenChunk:
 
 
 def save_atomic(tensors: dict[str, torch.Tensor], path: str, header: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
-              metadata={"trim_fast": json.dumps(header, sort_keys=True)})
-    os.replace(tmp, path)
+    save_safetensors_atomic(tensors, path, {"trim_fast": json.dumps(header, sort_keys=True)})
 
 
 def load_checked(path: str, header: dict) -> dict[str, torch.Tensor] | None:

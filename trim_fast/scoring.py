@@ -8,11 +8,11 @@ vectorised), so the pool is tokenised once and never held whole. ``idf(V)`` then
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Sequence
 
 import torch
 
+from trim_fast.io import save_safetensors_atomic
 from trim_fast.ops.token_match import PooledScores, match_and_pool
 
 _DF_FORMAT = "trim_fast.document_frequency"
@@ -92,21 +92,11 @@ class DocumentFrequency:
     def save(self, path: str | os.PathLike, *, meta: dict | None = None) -> None:
         import json
 
-        from safetensors.torch import save_file
 
         path = os.fspath(path)
         header = {"format": _DF_FORMAT, "num_examples": str(self.num_examples),
                   "meta": json.dumps(meta or {})}
-        fd, tmp = tempfile.mkstemp(prefix=".df-", suffix=".tmp",
-                                   dir=os.path.dirname(os.path.abspath(path)))
-        os.close(fd)
-        try:
-            save_file({"df": self.df.contiguous()}, tmp, metadata=header)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        save_safetensors_atomic({"df": self.df}, os.fspath(path), header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: dict | None = None) -> "DocumentFrequency":

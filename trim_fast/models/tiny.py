@@ -40,3 +40,15 @@ def tiny_model(family: str, *, seed: int = 0, attn_implementation: str = "sdpa",
     torch.manual_seed(seed)
     model = AutoModel.from_config(cfg, attn_implementation=attn_implementation)
     return model.eval()
+
+
+def smollm2_135m_config():
+    """SmolLM2-135M's architecture (Llama, GQA 9/3 heads, 30 layers, d=576), for benchmarks on
+    machines that lack the GGUF file: random weights time the same as the real ones."""
+    import transformers as tf
+
+    return tf.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                          rope_theta=100000.0, tie_word_embeddings=True, pad_token_id=2,
+                          bos_token_id=1, eos_token_id=2)

@@ -15,42 +15,17 @@ import importlib
 
 import torch
 
-from trim_fast._ext import HAS_C
+from trim_fast.ops.backends import BACKENDS, resolve_backend
 from trim_fast.ops.attention_saliency.counts import visible_counts
 from trim_fast.reference import SaliencyStats
 from trim_fast.validation import check_cu_seqlens, check_finite, check_qk, check_seq_lens
 
-BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
 _MODULES = {
     "triton": "trim_fast.ops.attention_saliency.triton",
     "cpu": "trim_fast.ops.attention_saliency.cpu",
     "torch": "trim_fast.ops.attention_saliency.blockwise",
     "reference": "trim_fast.ops.attention_saliency.naive",
 }
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if device.type == "cuda":
-            return "triton"
-        return "cpu" if HAS_C and device.type == "cpu" else "torch"
-    if backend == "triton" and device.type != "cuda" and not _triton_interpreted():
-        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
-    if backend == "cpu":
-        if device.type != "cpu":
-            raise ValueError(f"backend='cpu' needs CPU tensors, got {device}")
-        if not HAS_C:
-            raise RuntimeError("backend='cpu' needs the C++ extension trim_fast._C, which is not "
-                               "built; reinstall with a C++ compiler or use backend='torch'")
-    return backend
-
-
-def _triton_interpreted() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _backend_fns(name: str):

@@ -15,17 +15,14 @@ hidden state among them is an error; padding and uncounted positions are never r
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 from dataclasses import dataclass
 
 import torch
 
-from trim_fast._ext import HAS_C
+from trim_fast.ops.backends import BACKENDS, resolve_backend
 from trim_fast.fingerprints import FingerprintBank
 from trim_fast.reference import FALLBACKS, Fingerprints
 
-BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
 _POOLS = {
     "triton": ("trim_fast.ops.token_match.triton", "pool_triton"),
     "cpu": ("trim_fast.ops.token_match.cpu", "pool_cpu"),
@@ -57,31 +54,6 @@ class BankTables:
     vectors: torch.Tensor
     row_table: torch.Tensor
     index: object | None = None
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if device.type == "cuda":
-            return "triton" if _has_triton() else "torch"
-        return "cpu" if HAS_C and device.type == "cpu" else "torch"
-    if backend == "triton":
-        if not _has_triton():
-            raise RuntimeError("backend='triton' needs the triton package; use backend='torch'")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
-    if backend == "cpu":
-        if device.type != "cpu":
-            raise ValueError(f"backend='cpu' needs CPU tensors, got {device}")
-        if not HAS_C:
-            raise RuntimeError("backend='cpu' needs the C++ extension trim_fast._C, which is not "
-                               "built; reinstall with a C++ compiler or use backend='torch'")
-    return backend
-
-
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 def bank_tables(bank, device: torch.device, *, index_backend: str = "auto") -> BankTables:

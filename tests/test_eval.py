@@ -1,0 +1,61 @@
+"""Issue 9: the quality evaluation, its metrics and baselines."""
+import json
+import math
+
+from trim_fast.cli import main
+from trim_fast.evaluation.metrics import bm25_scores, precision_recall, random_selections
+
+
+def test_precision_recall_by_hand():
+    labels = ["a", "b", "a", "a", "c"]
+    assert precision_recall([0, 1], labels, "a") == (0.5, 1 / 3)
+    assert precision_recall([0, 2, 3], labels, "a") == (1.0, 1.0)
+
+
+def test_bm25_prefers_documents_sharing_rare_query_words():
+    pool = ["convert meters to feet", "sort the list", "convert the list", "meters meters feet"]
+    s = bm25_scores(pool, ["how many feet in meters"])
+    assert s[1] == 0 and s[0] > s[2] and s[3] > s[2]
+    # the idf: a word in every document weighs less than a rare one
+    s2 = bm25_scores(["x common", "y common", "z common rare"], ["common rare"])
+    assert s2[2] > s2[0] == s2[1] > 0
+
+
+def test_random_selections_are_seeded():
+    assert random_selections(50, 5, [0, 1]) == random_selections(50, 5, [0, 1])
+    assert len(set(map(tuple, random_selections(50, 5, [0, 1])))) == 2
+
+
+def test_eval_command_end_to_end(tmp_path, tiny_model_dir):
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", tiny_model_dir, "--pool-size", "60", "--targets-per-family", "3",
+                 "--heldout-size", "4", "--downstream-epochs", "1", "--downstream-r", "4",
+                 "--out", str(out)]) == 0
+    result = json.load(open(out / "quality.json"))
+    assert result["pool_size"] == 60 and len(result["families"]) == 6
+    for fam in result["families"].values():
+        assert set(fam["selectors"]) == {"TRIM", "random", "repsim", "bm25"}
+        assert fam["family_size"] == 10
+        for metrics in fam["selectors"].values():
+            for k, v in metrics.items():
+                assert (0.0 <= v <= 1.0) if k.startswith(("P@", "R@")) else v > 0
+        # recall at k = family size equals precision there
+        trim = fam["selectors"]["TRIM"]
+        assert math.isclose(trim["P@|family|"], trim["R@|family|"])
+    groups = {r["group"] for r in result["ablations"]}
+    assert groups == {"layers L", "saliency", "pooling", "fallback", "idf", "scope"}
+    down = result["downstream"]
+    assert set(down["losses"]) == {"base model", "TRIM 5%", "random 5%"}
+    assert all(math.isfinite(v) and v > 0 for v in down["losses"].values())
+    assert down["train_size"] == 3 and down["heldout_size"] == 4
+    md = (out / "quality.md").read_text()
+    assert "| unit_conversion | 10 | TRIM |" in md and "Downstream" in md
+    assert (out / "quality.png").stat().st_size > 0
+
+
+def test_eval_refuses_an_unlabelled_pool(tmp_path, tiny_model_dir, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"text": "no family here"}) + "\n")
+    rc = main(["eval", "--model", tiny_model_dir, "--pool", str(pool), "--targets", str(pool),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "labelled pool" in capsys.readouterr().err
