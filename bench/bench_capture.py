@@ -83,7 +83,8 @@ def hook_noop(model, ids, mask, layers):
                         use_cache=False).last_hidden_state
 
 
-def eager_frontend(model, ids, mask):
+def eager_frontend(model, ids, mask, lm_head=False):
+    """``lm_head``: also the (tied) LM head's logits, as today's frontends run a *ForCausalLM."""
     base = base_model_of(model)
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
@@ -91,6 +92,8 @@ def eager_frontend(model, ids, mask):
         with torch.inference_mode():
             out = base(input_ids=ids, attention_mask=mask, output_attentions=True,
                        output_hidden_states=True, use_cache=False)
+            if lm_head:
+                return out.last_hidden_state @ base.get_input_embeddings().weight.T
         return out.last_hidden_state
     finally:
         model.set_attn_implementation(previous)
@@ -128,6 +131,7 @@ def main():
     paths = {"sdpa": lambda: encode_last_hidden(model, ids, mask)}
     if not args.skip_eager:
         paths["eager"] = lambda: eager_frontend(model, ids, mask)
+        paths["eager+lm_head"] = lambda: eager_frontend(model, ids, mask, lm_head=True)
     paths["hook-noop"] = lambda: hook_noop(model, ids, mask, args.layers)
     for name in [b for b in args.backends.split(",") if b]:
         ok, why = backend_available(name, device)

@@ -181,3 +181,18 @@ def test_select_with_warmup_trains_merges_and_reports(tmp_path, tiny_model_dir, 
     s_warm = [r["score"] for r in pq.read_table(out / "scores.parquet").to_pylist()]
     s_base = [r["score"] for r in pq.read_table(base / "scores.parquet").to_pylist()]
     assert s_warm != s_base
+
+
+def test_demo_with_warmup_records_both_runs(tmp_path, tiny_model_dir):
+    out = tmp_path / "demo"
+    assert run("demo", "--model", tiny_model_dir, "--pool-size", "60", "--targets-per-family", "3",
+               "--out", out, "--no-progress", "--warmup",
+               "--warmup-args", "--lora-r 4 --lora-alpha 8 --warmup-epochs 1") == 0
+    summary = json.load(open(out / "summary.json"))
+    assert set(summary["precision_per_task"]) == set(summary["warmup_comparison"])
+    for task, both in summary["warmup_comparison"].items():
+        assert both["no_warmup"] == summary["precision_per_task"][task]["precision"]
+        assert 0.0 <= both["warmup"] <= 1.0
+    assert summary["warmup_run"]["subset_size"] == 3
+    assert os.path.exists(out / "warmup" / "warmup_adapter" / "adapter_config.json")
+    assert os.path.exists(out / "top_p0.05.jsonl") and os.path.exists(out / "warmup" / "report.png")

@@ -103,9 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--pool-size", type=int, default=1000)
     p.add_argument("--targets-per-family", type=int, default=8)
+    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", action="store_true",
+                   help="then LoRA-warm the model on 5%% of the pool, select again, and record both "
+                        "runs' precision per family in summary.json")
+    p.add_argument("--warmup-args", default="",
+                   help="extra warmup flags for the second run, e.g. '--lora-r 16 --warmup-epochs 2'")
+
     p = sub.add_parser("eval", help="selection quality on a labelled pool: TRIM against random, "
                        "representation similarity and BM25; ablations; a downstream check")
     p.add_argument("--model", default=None)
@@ -435,13 +442,16 @@ def cmd_demo(args) -> int:
     argv += sum((["--targets", p] for p in manifest["targets"].values()), [])
     if args.device:
         argv += ["--device", args.device]
+    if args.model:
+        argv += ["--model", args.model]
     if args.no_progress:
         argv.append("--no-progress")
     summary = _demo_select(build_parser().parse_args(argv), manifest, out_dir)
     _print_precision("no warmup", summary)
     if args.warmup:
         warm_dir = os.path.join(out_dir, "warmup")
-        ns = build_parser().parse_args([*argv[:1], "--out", warm_dir, *argv[3:], "--warmup"])
+        ns = build_parser().parse_args([*argv[:1], "--out", warm_dir, *argv[3:], "--warmup",
+                                        *args.warmup_args.split()])
         warm_summary = _demo_select(ns, manifest, outputs.ensure_out_dir(warm_dir))
         _print_precision("after LoRA warmup", warm_summary)
         summary["warmup_comparison"] = {
