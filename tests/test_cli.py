@@ -168,12 +168,20 @@ def test_select_with_warmup_trains_merges_and_reports(tmp_path, tiny_model_dir, 
     out = tmp_path / "warm"
     assert run("select", "--model", tiny_model_dir, *_pool_args(demo_data), "--targets",
                demo_data["targets"]["arithmetic"], "--warmup", "--warmup-fraction", "0.1",
-               "--lora-r", "4", "--lora-alpha", "8", "--warmup-epochs", "1", "--out", out,
-               "--no-progress") == 0
+               "--lora-r", "4", "--lora-alpha", "8", "--warmup-epochs", "1", "--warmup-batch-size", "2",
+               "--warmup-micro-batch", "2", "--warmup-lr", "1e-2", "--out", out, "--no-progress") == 0
     summary = json.load(open(out / "summary.json"))
     meta = json.load(open(out / "warmup_adapter" / "trim_warmup.json"))
-    assert summary["warmup"]["subset_size"] == 6 == len(meta["subset_ids"])
+    assert summary["warmup"]["subset_size"] == 6 == len(meta["subset"]["ids"])
     assert os.path.exists(out / "warmup_adapter" / "adapter_config.json")
+    # a rerun reuses the adapter (a resumed run must not retrain it) and gives the same table
+    before = (out / "sorted.csv").read_bytes()
+    assert run("select", "--model", tiny_model_dir, *_pool_args(demo_data), "--targets",
+               demo_data["targets"]["arithmetic"], "--warmup", "--warmup-fraction", "0.1",
+               "--lora-r", "4", "--lora-alpha", "8", "--warmup-epochs", "1", "--warmup-batch-size", "2",
+               "--warmup-micro-batch", "2", "--warmup-lr", "1e-2", "--out", out, "--no-progress") == 0
+    assert (out / "sorted.csv").read_bytes() == before
+    assert json.load(open(out / "summary.json"))["scoring"]["chunks_reused"] == 1
     # the warmed-up model scores differently from the base model
     base = tmp_path / "base"
     assert run("select", "--model", tiny_model_dir, *_pool_args(demo_data), "--targets",

@@ -319,9 +319,7 @@ def test_cpu_defaults_fill_only_flags_not_given(monkeypatch):
 def test_select_flags_do_not_clash_and_warmup_switch(tmp_path, monkeypatch):
     from trim_fast import cli
 
-    parser = cli.build_parser()
-    select = next(a for a in parser._subparsers._group_actions if hasattr(a, "choices")).choices["select"]
-    add_warmup_args(select, for_select=True)
+    parser = cli.build_parser()  # select carries the warmup flags (add_warmup_args(for_select=True))
     args = parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path), "--warmup",
                               "--warmup-fraction", "0.1", "--lora-r", "8", "--warmup-lr", "1e-4",
                               "--warmup-ratio", "0.1", "--warmup-gradient-checkpointing"])

@@ -220,7 +220,7 @@ def _task_families(tasks: dict) -> dict:
     return out
 
 
-def _manifest(args, cfg, tok, banks) -> dict:
+def _manifest(args, cfg, model, tok, banks) -> dict:
     from trim_fast.data import tokenizer_fingerprint
     from trim_fast.models.loading import model_id
     from trim_fast.pool import bank_digest, pool_signature
@@ -229,7 +229,9 @@ def _manifest(args, cfg, tok, banks) -> dict:
     if args.adapter:
         files = sorted(os.path.join(args.adapter, f) for f in os.listdir(args.adapter))
         adapter = pool_signature([f for f in files if os.path.isfile(f)])
-    return {"model": model_id(args.model), "adapter": adapter, "dtype": args.dtype,
+    param = next(model.parameters())
+    return {"model": model_id(args.model), "adapter": adapter,
+            "dtype": str(param.dtype).replace("torch.", ""), "device": param.device.type,
             "tokenizer_hash": tokenizer_fingerprint(tok),
             "banks": {name: bank_digest(b) for name, b in banks.items()},
             "pool": pool_signature(args.pool), "scoring": cfg.scoring_params()}
@@ -243,7 +245,7 @@ def _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, *, write_corese
 
     t0 = time.perf_counter()
     scored = score_pool(model, tok, args.pool, banks, cfg, out_dir,
-                        manifest=_manifest(args, cfg, tok, banks), ctx=ctx,
+                        manifest=_manifest(args, cfg, model, tok, banks), ctx=ctx,
                         progress=not args.no_progress)
     if not ctx.is_main:
         return None
@@ -256,7 +258,7 @@ def _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, *, write_corese
     outputs.write_table(cols, out_dir)
     coreset = None
     if write_coreset:
-        coreset = os.path.join(out_dir, selection_name(cfg))
+        coreset = os.path.join(out_dir, selection_name(cfg.fraction, cfg.k))
         outputs.write_coreset(read_selected(args.pool, sel.indices), coreset)
         _log(f"selected {len(sel.indices)} of {len(scored.ids)} -> {coreset}")
     summary = _summary(cfg, scored, sel, task_families or {})
@@ -315,8 +317,7 @@ def _summary(cfg, scored, sel, task_families) -> dict:
 def _banks_everywhere(args, cfg, model, tok, tasks, ctx) -> dict:
     """Rank 0 builds the banks and sends them to the other ranks, so all score with the same
     bank bit for bit (object collectives between our own processes; no file is unpickled)."""
-    banks = _build_banks(args, cfg, model, tok, tasks) if ctx.is_main else None
-    return ctx.broadcast_from_main(banks)
+    return ctx.on_main(lambda: _build_banks(args, cfg, model, tok, tasks))
 
 
 def _init(args):
@@ -334,14 +335,11 @@ def cmd_select(args) -> int:
         cfg = _config(args)
         out_dir = outputs.ensure_out_dir(args.out)
         warm = None
-        if args.warmup:  # trains on the main rank; the others wait, then load the same adapter
-            if ctx.world > 1 and not ctx.is_main:
-                args.adapter = args.warmup_out or os.path.join(out_dir, "warmup_adapter")
-            else:
-                from trim_fast.data import load_examples
+        if args.warmup:  # rank 0 trains; every rank then merges the same adapter (shared --out)
+            from trim_fast.data import load_examples
 
-                warm = maybe_warmup_for_select(args, load_examples(args.pool), out_dir)
-            ctx.barrier()
+            warm = ctx.on_main(lambda: maybe_warmup_for_select(args, load_examples(args.pool), out_dir))
+            args.adapter = warm.adapter_dir
         model, tok = _load(args)
         tasks = _target_tasks(args, args.pool)
         banks = _banks_everywhere(args, cfg, model, tok, tasks, ctx)
@@ -377,7 +375,11 @@ def cmd_score(args) -> int:
     try:
         out_dir = outputs.ensure_out_dir(args.out)
         model, tok = _load(args)
-        expect = {"tokenizer_hash": tokenizer_fingerprint(tok)}
+        from trim_fast.models.loading import model_id
+
+        # a bank from another model (or adapter) that shares the tokenizer is refused too
+        expect = {"tokenizer_hash": tokenizer_fingerprint(tok), "model_id": model_id(args.model),
+                  "adapter": args.adapter}
         banks = {name: FingerprintBank.load(path, expect=expect)
                  for name, path in zip(_task_names(args.bank), args.bank)}
         first = next(iter(banks.values())).meta
@@ -398,6 +400,7 @@ def cmd_pick(args) -> int:
     import torch
 
     from trim_fast import outputs
+    from trim_fast.pipeline import selection_name
     from trim_fast.pool import iter_pool_chunks, read_selected
     from trim_fast.selection import combine_tasks, num_selected, select_top_k
 
@@ -409,6 +412,8 @@ def cmd_pick(args) -> int:
     position = {}
     for _, start, chunk in iter_pool_chunks(args.pool, 4096):
         position.update((e.id, start + i) for i, e in enumerate(chunk))
+    if "id" not in table.column_names or "score" not in table.column_names:
+        raise DataError(f"{args.scores}: not a trim-fast score table (needs 'id' and 'score' columns)")
     ids = table.column("id").to_pylist()
     missing = [i for i in ids if i not in position]
     if missing or len(ids) != len(position):
@@ -424,7 +429,7 @@ def cmd_pick(args) -> int:
     combined = combine_tasks(per_task, args.combine)
     k = num_selected(len(ids), fraction=args.fraction, k=args.k)
     chosen = select_top_k(combined, k).tolist()
-    name = f"top_k{args.k}.jsonl" if args.k is not None else f"top_p{args.fraction:g}.jsonl"
+    name = selection_name(args.fraction, args.k)
     outputs.write_coreset(read_selected(args.pool, chosen), os.path.join(out_dir, name))
     _log(f"selected {len(chosen)} of {len(ids)} -> {os.path.join(out_dir, name)}")
     return 0
@@ -475,9 +480,12 @@ def _demo_select(ns, manifest, out_dir) -> dict:
     model, tok = _load(ns)
     tasks = _target_tasks(ns, ns.pool)
     banks = _build_banks(ns, cfg, model, tok, tasks)
-    return _score_and_write(ns, cfg, model, tok, banks, out_dir, ctx, warmup=warm,
-                            task_families=_task_families(tasks),
-                            extra_summary={"demo": {"family_counts": manifest["family_counts"]}})
+    try:
+        return _score_and_write(ns, cfg, model, tok, banks, out_dir, ctx, warmup=warm,
+                                task_families=_task_families(tasks),
+                                extra_summary={"demo": {"family_counts": manifest["family_counts"]}})
+    finally:
+        ctx.close()
 
 
 def _print_precision(title: str, summary: dict) -> None:

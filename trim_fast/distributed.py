@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,24 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def on_main(self, fn):
+        """Run ``fn`` on rank 0 and hand its result to every rank. An error there is raised on
+        every rank, so no rank is left waiting in a collective for one that already failed."""
+        if self.world == 1:
+            return fn()
+        result, error, failure = None, None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                failure, error = exc, f"{type(exc).__name__}: {exc}"
+        result, error = self.broadcast_from_main((result, error))
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise RuntimeError(f"rank 0 failed: {error}")
+        return result
+
     def close(self) -> None:
         if self.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
@@ -73,6 +92,8 @@ def init_distributed(device: str | None) -> tuple[DistContext, str | None]:
     here = False
     if not dist.is_initialized():
         # gloo carries the object collectives on CPU too; nccl when every rank has a GPU
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # long enough for rank 0 to run a warmup while the others wait (TRIM_FAST_DIST_TIMEOUT_MIN)
+        timeout = timedelta(minutes=float(os.environ.get("TRIM_FAST_DIST_TIMEOUT_MIN", "240")))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
         here = True
     return DistContext(rank=rank, world=world, local_rank=local_rank, initialised_here=here), device

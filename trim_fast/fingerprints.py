@@ -146,6 +146,8 @@ class FingerprintAccumulator:
         if self.classes.numel() == 0:
             raise ValueError("FingerprintBank: the target set has no counted tokens")
         norm = self.sums.norm(dim=-1)
+        if not bool(torch.isfinite(norm).all()):  # NaN would fail ">= min_norm" and drop silently
+            raise ValueError("FingerprintBank: non-finite hidden states or alpha reached the class sums")
         keep = norm >= min_norm
         if not bool(keep.any()):
             raise ValueError("FingerprintBank: every class has a zero weighted sum; no fingerprint")

@@ -29,16 +29,9 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
 
 
 def save_safetensors_atomic(tensors: dict, path: str, metadata: dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` through a temp file beside ``path`` and a rename."""
-    from safetensors.torch import save_file
+    """A safetensors file written through :func:`atomic_open` (fsync, rename, ordinary mode)."""
+    from safetensors.torch import save
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=".tmp-" + os.path.basename(path) + "-")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    with atomic_open(path, "wb") as f:
+        f.write(data)

@@ -82,15 +82,26 @@ def write_table(cols: dict[str, list], out_dir: str) -> None:
 
 
 def write_coreset(selected: Sequence[Example], path: str) -> None:
-    """The selected records unchanged, in the order given (score order), one JSON object a line."""
+    """The selected records unchanged, in the order given (score order), one JSON object a line
+    (JSONL whatever the source file was: LESS-style trainers read JSONL; values JSON lacks, such
+    as a Parquet timestamp, are written as their string)."""
     with atomic_open(path) as f:
         for ex in selected:
-            f.write(json.dumps(ex.raw, ensure_ascii=False) + "\n")
+            f.write(json.dumps(ex.raw, ensure_ascii=False, default=str) + "\n")
+
+
+def _json_safe(obj):
+    """NaN -> null and +-inf -> "inf"/"-inf" anywhere in a nested object (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return _clean(obj)
 
 
 def write_json(obj: dict, path: str) -> None:
     with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, default=_clean, allow_nan=False)
+        json.dump(_json_safe(obj), f, indent=2, default=str, allow_nan=False)
         f.write("\n")
 
 

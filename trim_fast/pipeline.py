@@ -41,6 +41,18 @@ class SelectionConfig:
             raise ValueError(f"combine must be 'max' or 'mean', got {self.combine!r}")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
+        from trim_fast.reference import FALLBACKS, num_selected
+
+        num_selected(1, fraction=self.fraction, k=self.k)  # bad fraction / k: fail before any work
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        if not 0.0 <= self.fallback_penalty <= 1.0:
+            raise ValueError(f"fallback penalty (lambda) must be in [0, 1], got {self.fallback_penalty}")
+        weights = {"w_row": self.w_row, "w_col": self.w_col, "w_mean": self.w_mean,
+                   "w_max": self.w_max, "w_coverage": self.w_coverage}
+        negative = {k: v for k, v in weights.items() if not v >= 0}
+        if negative:
+            raise ValueError(f"weights must be >= 0, got {negative}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.max_length < 2 or self.max_tokens < self.max_length:
@@ -52,8 +64,9 @@ class SelectionConfig:
 
     def scoring_params(self) -> dict:
         """What the score shards depend on (selection knobs are applied later, from the table)."""
-        return {k: getattr(self, k) for k in ("scope", "max_length", "fallback", "fallback_penalty",
-                                              "idf", "w_mean", "w_max", "w_coverage", "chunk_size")}
+        return {k: getattr(self, k) for k in ("scope", "max_length", "max_tokens", "fallback",
+                                              "fallback_penalty", "idf", "w_mean", "w_max",
+                                              "w_coverage", "chunk_size")}
 
 
 BANK_FIELDS = ("layers", "w_row", "w_col", "scope", "max_length")
@@ -149,8 +162,8 @@ def select(scores, cfg: SelectionConfig) -> Selection:
     return Selection(indices=idx, combined=combined, k=k, unscored=unscored)
 
 
-def selection_name(cfg: SelectionConfig) -> str:
+def selection_name(fraction: float, k: int | None = None) -> str:
     """LESS's file name for a coreset: ``top_p0.05.jsonl``, or ``top_k{k}.jsonl``."""
-    if cfg.k is not None:
-        return f"top_k{cfg.k}.jsonl"
-    return f"top_p{cfg.fraction:g}.jsonl"
+    if k is not None:
+        return f"top_k{k}.jsonl"
+    return f"top_p{fraction:g}.jsonl"

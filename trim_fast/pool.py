@@ -183,26 +183,28 @@ class RunDir:
         return os.path.join(self.scores, f"chunk-{c:06d}.safetensors")
 
     def prepare(self, manifest: dict, ctx: DistContext) -> None:
-        """Create the layout, or check that an existing one was made by the same run."""
-        if ctx.is_main:
-            os.makedirs(self.tokens, exist_ok=True)
-            os.makedirs(self.scores, exist_ok=True)
-            if os.path.exists(self.manifest):
-                with open(self.manifest) as f:
-                    old = json.load(f)
-                if old != json.loads(json.dumps(manifest, sort_keys=True)):
-                    changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-                    raise RuntimeError(
-                        f"{self.root} holds a run with a different {', '.join(changed)}; "
-                        "refusing to mix results. Use a new --out, or delete that directory")
-            else:
-                tmp = self.manifest + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(manifest, f, indent=2, sort_keys=True)
-                os.replace(tmp, self.manifest)
-        ctx.barrier()
+        """Create the layout, or check that an existing one was made by the same run (on rank 0;
+        a refusal there is raised on every rank)."""
+        ctx.on_main(lambda: self._prepare_main(manifest))
         os.makedirs(self.tokens, exist_ok=True)  # other nodes without a shared filesystem
         os.makedirs(self.scores, exist_ok=True)
+
+    def _prepare_main(self, manifest: dict) -> None:
+        from trim_fast.io import atomic_open
+
+        os.makedirs(self.tokens, exist_ok=True)
+        os.makedirs(self.scores, exist_ok=True)
+        if os.path.exists(self.manifest):
+            with open(self.manifest) as f:
+                old = json.load(f)
+            if old != json.loads(json.dumps(manifest, sort_keys=True)):
+                changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+                raise RuntimeError(
+                    f"{self.root} holds a run with a different {', '.join(changed)}; "
+                    "refusing to mix results. Use a new --out, or delete that directory")
+            return
+        with atomic_open(self.manifest) as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +327,9 @@ def score_pool(model, tokenizer, pool_paths: Sequence[str], banks: dict, cfg, ou
     device = next(model.parameters()).device
     idf_table = None
     if cfg.idf == "pool":
-        idf_table = (torch.log((1.0 + n_examples) / (1.0 + df.double())) + 1.0).float().to(device)
+        from trim_fast.scoring import DocumentFrequency
+
+        idf_table = DocumentFrequency.from_counts(df, n_examples).idf(vocab).to(device)
     # pass 2: score this rank's chunks that have no valid shard yet
     score_header = {"v": CACHE_VERSION, "kind": "scores", "run": manifest_digest(manifest),
                     "pool_examples": n_examples}

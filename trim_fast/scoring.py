@@ -25,6 +25,14 @@ class DocumentFrequency:
         self.df = torch.zeros(0, dtype=torch.long)
         self.num_examples = 0
 
+    @classmethod
+    def from_counts(cls, df: torch.Tensor, num_examples: int) -> "DocumentFrequency":
+        """From ``df`` counts already summed elsewhere (e.g. over chunks and ranks)."""
+        out = cls()
+        out.df = df.to(torch.long).cpu().clone()
+        out.num_examples = int(num_examples)
+        return out
+
     def _grow(self, size: int) -> None:
         if size > self.df.numel():
             grown = torch.zeros(max(size, 2 * self.df.numel()), dtype=torch.long)

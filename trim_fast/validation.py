@@ -42,8 +42,9 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     flat = x.reshape(-1) if x.is_contiguous() else x.flatten()
     # on CUDA one pass (a chunk loop would sync per chunk); on CPU chunks keep memory O(chunk)
     step = flat.numel() if x.is_cuda else _FINITE_CHUNK
-    for start in range(0, flat.numel(), max(1, step)):
-        part = flat[start:start + _FINITE_CHUNK]
+    step = max(1, step)
+    for start in range(0, flat.numel(), step):
+        part = flat[start:start + step]
         if not bool(torch.isfinite(part).all()):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{name} contains {bad} NaN/Inf value(s)")
@@ -73,3 +74,10 @@ def check_cu_seqlens(cu_seqlens, total: int, device) -> torch.Tensor:
         raise ValueError(f"cu_seqlens must start at 0, never decrease and end at total tokens "
                          f"({total}); got {cu_cpu.tolist()[:8]}{'...' if cu.shape[0] > 8 else ''}")
     return cu.to(device=device, dtype=torch.int32)
+
+
+def check_lse_finite(lse: torch.Tensor, valid: torch.Tensor) -> None:
+    """A given row lse must be finite at real tokens: -inf/inf would turn exp(s - lse) into
+    inf/0 silently."""
+    if not bool(torch.isfinite(lse[valid]).all()):
+        raise ValueError("lse must be finite at every non-padding position")

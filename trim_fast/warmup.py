@@ -437,9 +437,35 @@ def maybe_warmup_for_select(args, pool: list[Example], out_dir: str) -> WarmupRe
     if not 0.0 < args.warmup_fraction <= 1.0:
         raise ValueError(f"--warmup-fraction must be in (0, 1], got {args.warmup_fraction}")
     adapter_dir = args.warmup_out or os.path.join(out_dir, "warmup_adapter")
-    result = warmup_from_args(args, pool, load_tokenizer(args.model), adapter_dir, args.warmup_fraction)
+    result = _reusable_warmup(args, pool, adapter_dir)
+    if result is None:
+        result = warmup_from_args(args, pool, load_tokenizer(args.model), adapter_dir,
+                                  args.warmup_fraction)
     args.adapter = adapter_dir
     return result
+
+
+def _reusable_warmup(args, pool: list[Example], adapter_dir: str) -> WarmupResult | None:
+    """The adapter a previous ``select --warmup`` left in ``adapter_dir``, when it was trained
+    with the same model, settings and subset: a resumed run must not retrain (and change) it."""
+    from trim_fast.models.loading import model_id
+
+    try:
+        meta = read_warmup_meta(adapter_dir)
+    except (OSError, ValueError):
+        return None
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg, _ = config_from_args(args, device=dev, fraction=args.warmup_fraction)
+    subset = warmup_subset(len(pool), cfg.fraction, cfg.seed)
+    same = (meta.get("model_id") == model_id(args.model)
+            and meta.get("params") == json.loads(json.dumps(asdict(cfg)))
+            and meta.get("subset", {}).get("ids") == [pool[i].id for i in subset]
+            and os.path.exists(os.path.join(adapter_dir, "adapter_config.json")))
+    if not same:
+        return None
+    _log(f"warmup: reusing the adapter in {adapter_dir} (same model, settings and subset)")
+    return WarmupResult(adapter_dir=adapter_dir, subset_ids=meta["subset"]["ids"],
+                        losses=meta["losses"], seconds=meta["seconds"], subset_indices=subset)
 
 
 __all__ = ["WarmupConfig", "WarmupResult", "CPU_DEFAULTS", "warmup_subset", "build_training_batch",

@@ -30,10 +30,11 @@ from trim_fast.capture.attention import (
     capturing,
     check_capturable,
     is_causal_model,
+    kernel_window,
     packed_layout,
     resolve_layers,
 )
-from trim_fast.reference import SaliencyStats, token_saliency_from_probs
+from trim_fast.reference import SaliencyStats, token_saliency_from_probs, visibility_mask
 from trim_fast.saliency import token_saliency
 
 
@@ -143,18 +144,10 @@ def _layer_window(model, module) -> int | None:
 
 def model_visibility(layout: PackedLayout, *, causal: bool, window: int | None) -> torch.Tensor:
     """``[B, N, N]`` bool: what the model's own mask lets query ``i`` see, in padded coordinates
-    (valid span x causal x sliding window ``i - j < window``)."""
-    n = layout.seq_len
-    i = torch.arange(n, device=layout.valid.device)[:, None]
-    j = torch.arange(n, device=layout.valid.device)[None, :]
-    allowed = torch.ones(n, n, dtype=torch.bool, device=layout.valid.device)
-    if causal:
-        allowed &= j <= i
-        if window is not None:
-            allowed &= (i - j) < window
-    elif window is not None:
-        allowed &= (i - j).abs() <= window  # transformers' bidirectional sliding window
-    return allowed[None] & layout.valid[:, :, None] & layout.valid[:, None, :]
+    (valid span x causal x the model's sliding window, see :func:`kernel_window`)."""
+    allowed = visibility_mask(layout.seq_len, causal=causal, window=kernel_window(window, causal),
+                              device=layout.valid.device)
+    return allowed & layout.valid[:, :, None] & layout.valid[:, None, :]
 
 
 def capture_reference(

@@ -278,6 +278,7 @@ def _captured_forward(slot: LayerCapture, module, query, key, value, attention_m
     scale = float(query.shape[-1] ** -0.5 if scale is None else scale)
     window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
     causal = slot.causal if kwargs.get("is_causal") is None else bool(kwargs["is_causal"]) and slot.causal
+    window = kernel_window(window, causal)
 
     out, lse = _attention_with_lse(session, module, query, key, value, attention_mask, kwargs,
                                    scale=scale, causal=causal)
@@ -318,6 +319,14 @@ def register() -> None:
 # ---------------------------------------------------------------------------------------------
 # Model inspection and the switch
 # ---------------------------------------------------------------------------------------------
+
+
+def kernel_window(window: int | None, causal: bool) -> int | None:
+    """The kernels' window (visible: ``i - j < w``, or ``|i - j| < w`` bidirectional) for a model's
+    ``sliding_window``: transformers masks ``i - j < w`` when causal but ``|i - j| <= w`` when not."""
+    if window is None or causal:
+        return window
+    return int(window) + 1
 
 
 def base_model_of(model: torch.nn.Module) -> torch.nn.Module:

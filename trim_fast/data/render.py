@@ -75,6 +75,9 @@ def tokenize_example(tokenizer, example: Example, *, scope: str = "all",
     special = set(tokenizer.all_special_ids)
     if example.messages is not None:
         text, spans = render_messages(tokenizer, example.messages, scope)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer: counting message "
+                             "tokens needs character offsets, which only fast tokenizers give")
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         counted = [

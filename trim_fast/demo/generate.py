@@ -135,6 +135,19 @@ def make_example(family: str, rng: random.Random) -> tuple[str, str]:
     return _GENERATORS[family](rng)
 
 
+def _write_if_changed(path: str, text: str) -> None:
+    """Leave an identical file untouched: a rerun of the demo into the same directory must look
+    like the same pool (size and mtime) to the resumable scorer."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+    from trim_fast.io import atomic_open
+
+    with atomic_open(path) as f:
+        f.write(text)
+
+
 def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8,
              seed: int = 0) -> dict:
     """Write ``pool_chat.jsonl`` (chat ``messages``), ``pool_alpaca.jsonl`` (Alpaca) and
@@ -152,33 +165,34 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
     chat_path = os.path.join(out_dir, "pool_chat.jsonl")
     alpaca_path = os.path.join(out_dir, "pool_alpaca.jsonl")
     counts: dict[str, int] = {f: 0 for f in FAMILIES}
-    with open(chat_path, "w") as chat, open(alpaca_path, "w") as alpaca:
-        for i, (fam, q, a) in enumerate(records):
-            counts[fam] += 1
-            if i % 2 == 0:
-                rec = {"id": f"pool-{i:06d}", "family": fam,
-                       "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-                chat.write(json.dumps(rec) + "\n")
-            else:
-                rec = {"id": f"pool-{i:06d}", "family": fam, "instruction": q, "input": "", "output": a}
-                alpaca.write(json.dumps(rec) + "\n")
+    chat, alpaca = [], []
+    for i, (fam, q, a) in enumerate(records):
+        counts[fam] += 1
+        if i % 2 == 0:
+            rec = {"id": f"pool-{i:06d}", "family": fam,
+                   "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            chat.append(json.dumps(rec) + "\n")
+        else:
+            rec = {"id": f"pool-{i:06d}", "family": fam, "instruction": q, "input": "", "output": a}
+            alpaca.append(json.dumps(rec) + "\n")
+    _write_if_changed(chat_path, "".join(chat))
+    _write_if_changed(alpaca_path, "".join(alpaca))
     pool_texts = {(q, a) for _, q, a in records}
     target_paths = {}
     trng = random.Random(seed + 1_000_003)
     for fam in FAMILIES:
         path = os.path.join(out_dir, "targets", f"{fam}.jsonl")
-        made = 0
-        with open(path, "w") as f:
-            for attempt in range(1000):  # held out: never a copy of a pool example
-                q, a = make_example(fam, trng)
-                if (q, a) in pool_texts:
-                    continue
-                rec = {"id": f"target-{fam}-{made}", "family": fam,
-                       "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-                f.write(json.dumps(rec) + "\n")
-                made += 1
-                if made == targets_per_family:
-                    break
+        lines = []
+        for _ in range(1000):  # held out: never a copy of a pool example
+            q, a = make_example(fam, trng)
+            if (q, a) in pool_texts:
+                continue
+            rec = {"id": f"target-{fam}-{len(lines)}", "family": fam,
+                   "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            lines.append(json.dumps(rec) + "\n")
+            if len(lines) == targets_per_family:
+                break
+        _write_if_changed(path, "".join(lines))
         target_paths[fam] = path
     return {"pool": [chat_path, alpaca_path], "targets": target_paths, "family_counts": counts}
 

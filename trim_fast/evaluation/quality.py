@@ -106,11 +106,12 @@ def score_from_cache(cache: PoolCache, bank, cfg: SelectionConfig, scope: str, i
 
 
 def pool_idf_table(cache: PoolCache, scope: str, vocab: int) -> torch.Tensor:
-    df = torch.zeros(vocab, dtype=torch.float64)
+    from trim_fast.scoring import DocumentFrequency
+
+    df = DocumentFrequency()
     for ids, cnt in zip(cache.ids, cache.counted[scope]):
-        df[torch.unique(ids[cnt])] += 1
-    n = len(cache.ids)
-    return (torch.log((1.0 + n) / (1.0 + df)) + 1.0).float()
+        df.update(ids[cnt])
+    return df.idf(vocab)
 
 
 def _mean_pooled(hidden: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
@@ -128,7 +129,9 @@ def repsim_scores(cache: PoolCache, target_vectors: torch.Tensor) -> torch.Tenso
 
 
 def _ks(pool_size: int, family_size: int) -> dict[str, int]:
-    ks = {f"{int(f * 100)}%": max(1, round(f * pool_size)) for f in K_FRACTIONS}
+    from trim_fast.selection import num_selected
+
+    ks = {f"{int(f * 100)}%": num_selected(pool_size, fraction=f) for f in K_FRACTIONS}
     ks["|family|"] = family_size
     return ks
 
@@ -226,7 +229,7 @@ def run_quality(model, tokenizer, pool: Sequence[Example], targets: dict[str, li
             "bm25": evaluate_selector(bm25_scores([_text(e) for e in cache.examples],
                                                   [_text(e) for e in tgt]), cache, fam),
         }
-        k5 = max(1, round(0.05 * len(pool)))
+        k5 = _ks(len(pool), 0)["5%"]
         per_family[task] = {"family": fam, "family_size": sum(f == fam for f in cache.families),
                             "selectors": rows,
                             "trim_top5": select_top_k(default_scores, k5).tolist()}

@@ -43,6 +43,8 @@ def _resolve(name: str | None) -> tuple[str, dict]:
         return name, {"local_files_only": True}
     if os.path.exists(name):
         raise ValueError(f"--model {name}: a file that is not .gguf; pass its directory instead")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"--model {name}: no such directory (a hub id looks like 'org/name')")
     return name, {}  # a hub id: the user named it, so the network may be used
 
 

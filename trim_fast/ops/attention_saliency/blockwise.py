@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from trim_fast.validation import check_lse_finite
+
 BLOCK = 128
 
 
@@ -123,18 +125,13 @@ def _padded(q, k, lens, *, causal, scale, window, lse, block):
     return row_entropy, col_mass, col_weighted, lse
 
 
-def _check_lse_finite(lse: torch.Tensor, valid: torch.Tensor) -> None:
-    if not bool(torch.isfinite(lse[valid]).all()):
-        raise ValueError("lse must be finite at every non-padding position")
-
-
 def saliency_padded(q, k, *, causal, scale, seq_lens, window, lse, block: int = BLOCK):
     """q ``[B, H, N, D]``, k ``[B, H_kv, N, D]``, seq_lens ``[B]`` ->
     ``(row_entropy [B, N], col_mass [B, N], col_mass_weighted [B, N], lse [B, H, N])``."""
     lens = seq_lens.to(q.device, torch.long)
     if lse is not None:
         valid = torch.arange(q.shape[2], device=q.device)[None, None, :] < lens[:, None, None]
-        _check_lse_finite(lse, valid.expand(lse.shape))
+        check_lse_finite(lse, valid.expand(lse.shape))
     with torch.no_grad():
         return _padded(q, k, lens, causal=causal, scale=scale, window=window, lse=lse, block=block)
 
@@ -146,7 +143,7 @@ def saliency_varlen(q, k, cu_seqlens, *, max_seqlen, causal, scale, window, lse,
     del max_seqlen
     total, h, _ = q.shape
     if lse is not None:
-        _check_lse_finite(lse, torch.ones_like(lse, dtype=torch.bool))
+        check_lse_finite(lse, torch.ones_like(lse, dtype=torch.bool))
     row_entropy = torch.zeros(total, device=q.device)
     col_mass = torch.zeros(total, device=q.device)
     col_weighted = torch.zeros(total, device=q.device)

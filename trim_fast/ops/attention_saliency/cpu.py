@@ -6,16 +6,11 @@ from __future__ import annotations
 import torch
 
 from trim_fast._ext import _C
+from trim_fast.validation import check_lse_finite
 
 
 def _as_fp32_numpy(x: torch.Tensor):
     return x.detach().to(torch.float32).contiguous().numpy()
-
-
-def _check_lse_finite(lse: torch.Tensor, valid: torch.Tensor) -> None:
-    # A -inf/inf row lse at a real token would turn exp(s - lse) into inf/0 silently.
-    if not bool(torch.isfinite(lse[valid]).all()):
-        raise ValueError("lse must be finite at every non-padding position")
 
 
 def _run(fn, q, k, offsets, *, causal, scale, window, lse):
@@ -31,7 +26,7 @@ def saliency_padded(q, k, *, causal, scale, seq_lens, window, lse):
     if lse is not None:
         n = q.shape[2]
         valid = torch.arange(n)[None, None, :] < seq_lens.cpu()[:, None, None]
-        _check_lse_finite(lse, valid.expand(lse.shape))
+        check_lse_finite(lse, valid.expand(lse.shape))
     return _run(_C.attention_saliency_padded, q, k, seq_lens.cpu(), causal=causal, scale=scale,
                 window=window, lse=lse)
 
@@ -41,6 +36,6 @@ def saliency_varlen(q, k, cu_seqlens, *, max_seqlen, causal, scale, window, lse)
     ``([T], [T], [T], lse [H, T])``. ``max_seqlen`` is not needed on the CPU."""
     del max_seqlen
     if lse is not None:
-        _check_lse_finite(lse, torch.ones_like(lse, dtype=torch.bool))
+        check_lse_finite(lse, torch.ones_like(lse, dtype=torch.bool))
     return _run(_C.attention_saliency_varlen, q, k, cu_seqlens.cpu(), causal=causal, scale=scale,
                 window=window, lse=lse)
