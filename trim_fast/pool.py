@@ -258,7 +258,7 @@ def score_chunk(model, chunk: TokenChunk, banks: dict, cfg, idf_table, pad_id: i
     """Per-task scores of one chunk: length-sorted token-budget batches, base-model forward only,
     matching and pooling fused on the device; only a few floats per example come back."""
     from trim_fast.capture import encode_last_hidden, token_budget_batches
-    from trim_fast.ops.token_match import match_and_pool
+    from trim_fast.scoring import score_batch
 
     device = next(model.parameters()).device
     n, tasks = len(chunk), list(banks)
@@ -268,10 +268,10 @@ def score_chunk(model, chunk: TokenChunk, banks: dict, cfg, idf_table, pad_id: i
         ids, mask, counted = pad_batch([chunk.example(i) for i in batch], pad_id, device)
         hidden = encode_last_hidden(model, ids, mask)
         index = torch.tensor(batch, dtype=torch.long)
-        for t_i, task in enumerate(tasks):
-            pooled = match_and_pool(hidden, ids, counted, banks[task], idf=idf_table,
-                                    fallback=cfg.fallback, fallback_penalty=cfg.fallback_penalty,
-                                    w_mean=cfg.w_mean, w_max=cfg.w_max, w_coverage=cfg.w_coverage)
+        per_task = score_batch(hidden, ids, counted, [banks[t] for t in tasks], idf=idf_table,
+                               fallback=cfg.fallback, fallback_penalty=cfg.fallback_penalty,
+                               w_mean=cfg.w_mean, w_max=cfg.w_max, w_coverage=cfg.w_coverage)
+        for t_i, pooled in enumerate(per_task):
             for k in SCORE_FIELDS:
                 out[k][t_i, index] = getattr(pooled, k).float().cpu()
             for k in COUNT_FIELDS:
