@@ -95,17 +95,11 @@ class Progress:
 def tokenize_examples(tokenizer, examples: Sequence[Example], cfg: SelectionConfig,
                       progress: bool = True) -> list[Tokenized]:
     out = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(examples), desc="tokenising", unit="ex", dynamic_ncols=True)
+    bar = Progress(len(examples), "tokenising", progress, unit="ex")
     for ex in examples:
         out.append(tokenize_example(tokenizer, ex, scope=cfg.scope, max_length=cfg.max_length))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return out
 
 
