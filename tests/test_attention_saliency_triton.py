@@ -15,6 +15,10 @@ import torch
 pytest.importorskip("triton")
 
 from trim_fast import reference  # noqa: E402
+from trim_fast.ops.attention_saliency.naive import (  # noqa: E402
+    attention_saliency_naive,
+    attention_saliency_varlen_naive,
+)
 from trim_fast.ops.attention_saliency import (  # noqa: E402
     attention_saliency,
     attention_saliency_varlen,
@@ -184,10 +188,10 @@ def test_padded_and_varlen_layouts_agree(causal):
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_public_entry_dispatches_to_triton(causal):
-    """attention_saliency / _varlen with backend="triton" against backend="reference"."""
+    """attention_saliency / _varlen with backend="triton" against the naive twins."""
     q, k = _inputs((1, 2, 29, 64), 1, torch.float32, seed=11)
     a = attention_saliency(q, k, causal=causal, backend="triton")
-    b = attention_saliency(q.cpu(), k.cpu(), causal=causal, backend="reference")
+    b = attention_saliency_naive(q.cpu(), k.cpu(), causal=causal)
     ref_dtype = _ref_padded(q, k, causal=causal, scale=None, seq_lens=torch.tensor([29]),
                             window=None, upcast=False)
     _assert_flash_rule([getattr(a, s) for s in STAT_NAMES], [getattr(b, s) for s in STAT_NAMES],
@@ -197,7 +201,7 @@ def test_public_entry_dispatches_to_triton(causal):
     qv, kv = q[0].transpose(0, 1).contiguous(), k[0].transpose(0, 1).contiguous()
     cu = torch.tensor([0, 10, 29], device=DEVICE)
     av = attention_saliency_varlen(qv, kv, cu, causal=causal, backend="triton")
-    bv = attention_saliency_varlen(qv.cpu(), kv.cpu(), cu.cpu(), causal=causal, backend="reference")
+    bv = attention_saliency_varlen_naive(qv.cpu(), kv.cpu(), cu.cpu(), causal=causal)
     rd = _ref_varlen(qv, kv, cu.cpu(), causal=causal, scale=None, window=None, upcast=False)
     _assert_flash_rule([getattr(av, s) for s in STAT_NAMES], [getattr(bv, s) for s in STAT_NAMES],
                        rd, "public varlen")

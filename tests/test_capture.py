@@ -14,13 +14,14 @@ import torch
 from trim_fast.capture import (
     ATTN_IMPLEMENTATION,
     CaptureUnsupportedError,
-    capture_reference,
+    capture_eager,
     capture_saliency,
     capturing,
     encode_last_hidden,
     packed_layout,
-    token_budget_batches,
 )
+from oracles import naive_stats_fn
+from trim_fast.batching import token_budget_batches
 from trim_fast.capture.attention import _SLOT_ATTR, attention_modules, default_stats_fn, lse_matches
 from trim_fast.models.tiny import TINY_FAMILIES, tiny_config, tiny_model
 
@@ -63,7 +64,7 @@ def _unpadded_oracle(oracle, ids, mask, layers):
     out = {name: [] for name in ("alpha", "row", "col", "hidden")}
     for b in range(ids.shape[0]):
         span = mask[b].bool()
-        res = capture_reference(oracle, ids[b:b + 1, span], layers=layers)
+        res = capture_eager(oracle, ids[b:b + 1, span], layers=layers)
         for name in out:
             x = getattr(res, name)[0]
             full = x.new_zeros((ids.shape[1], *x.shape[1:]))
@@ -77,8 +78,8 @@ def _unpadded_oracle(oracle, ids, mask, layers):
 def test_capture_matches_reference(family_models, side, layers):
     family, model, oracle = family_models
     ids, mask = _batch(LENGTHS, side, seed=layers)
-    fast = capture_saliency(model, ids, mask, layers=layers, backend="reference")
-    ref = capture_reference(model, ids, mask, layers=layers)
+    fast = capture_saliency(model, ids, mask, layers=layers, stats_fn=naive_stats_fn)
+    ref = capture_eager(model, ids, mask, layers=layers)
     exact = _unpadded_oracle(oracle, ids, mask, layers)
     assert fast.layers_used == ref.layers_used == tuple(range(max(0, 3 - layers), 3))
     for name in ("alpha", "row", "col", "hidden"):
@@ -100,8 +101,8 @@ def test_capture_half_precision(family, dtype):
     model = tiny_model(family).to(dtype)
     oracle = tiny_model(family).double()
     ids, mask = _batch(LENGTHS, "left", seed=5)
-    fast = capture_saliency(model, ids, mask, layers=2, backend="reference")
-    ref = capture_reference(model, ids, mask, layers=2)
+    fast = capture_saliency(model, ids, mask, layers=2, stats_fn=naive_stats_fn)
+    ref = capture_eager(model, ids, mask, layers=2)
     exact = _unpadded_oracle(oracle, ids, mask, 2)
     assert fast.hidden.dtype == dtype and fast.alpha.dtype == torch.float32
     for name in ("alpha", "hidden"):
@@ -130,7 +131,7 @@ def test_capture_fast_backends_match_reference(family_models, backend, side):
         pytest.skip(f"backend {backend!r} not available: {why}")
     family, model, oracle = family_models
     ids, mask = _batch(LENGTHS, side, seed=3)
-    ref = capture_reference(model, ids, mask, layers=2)
+    ref = capture_eager(model, ids, mask, layers=2)
     exact = _unpadded_oracle(oracle, ids, mask, 2)
     for lse in ("auto", "off"):
         fast = capture_saliency(model, ids, mask, layers=2, backend=backend, lse=lse)
@@ -143,11 +144,11 @@ def test_capture_fast_backends_match_reference(family_models, backend, side):
 def test_padding_side_and_batchmates_do_not_change_results(family_models):
     """Position ids count from the first valid token: left, right and no padding agree."""
     _, model, _ = family_models
-    right = capture_saliency(model, *_batch(LENGTHS, "right"), layers=2, backend="reference")
-    left = capture_saliency(model, *_batch(LENGTHS, "left"), layers=2, backend="reference")
+    right = capture_saliency(model, *_batch(LENGTHS, "right"), layers=2, stats_fn=naive_stats_fn)
+    left = capture_saliency(model, *_batch(LENGTHS, "left"), layers=2, stats_fn=naive_stats_fn)
     n = max(LENGTHS)
     for b, length in enumerate(LENGTHS):
-        alone = capture_saliency(model, right.input_ids[b:b + 1, :length], layers=2, backend="reference")
+        alone = capture_saliency(model, right.input_ids[b:b + 1, :length], layers=2, stats_fn=naive_stats_fn)
         for res, span in ((right, slice(0, length)), (left, slice(n - length, n))):
             torch.testing.assert_close(res.alpha[b, span], alone.alpha[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(res.hidden[b, span], alone.hidden[0], atol=1e-5, rtol=1e-5)
@@ -163,7 +164,7 @@ def test_lse_from_attention_forward_is_the_natural_log_with_scale(family_models)
         return default_stats_fn(q, k, cu_seqlens, **kw)
 
     ids, mask = _batch(LENGTHS, "left")
-    with capturing(model, layers=2, backend="reference", stats_fn=spy) as session:
+    with capturing(model, layers=2, backend="torch", stats_fn=spy) as session:
         session.begin(packed_layout(mask))
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=mask, position_ids=packed_layout(mask).position_ids(),
@@ -207,8 +208,8 @@ def test_lse_spot_check_catches_other_conventions(causal):
 def test_lse_on_and_off_agree(family_models):
     _, model, _ = family_models
     ids, mask = _batch(LENGTHS, "right")
-    on = capture_saliency(model, ids, mask, backend="reference", lse="auto")
-    off = capture_saliency(model, ids, mask, backend="reference", lse="off")
+    on = capture_saliency(model, ids, mask, stats_fn=naive_stats_fn, lse="auto")
+    off = capture_saliency(model, ids, mask, stats_fn=naive_stats_fn, lse="off")
     torch.testing.assert_close(on.alpha, off.alpha, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(on.hidden * mask[..., None], off.hidden * mask[..., None],
                                atol=1e-5, rtol=1e-5)
@@ -225,7 +226,7 @@ def test_only_last_layers_capture_and_hidden_is_plain_sdpa(family_models):
 
     ids, mask = _batch(LENGTHS, "right")
     layout = packed_layout(mask)
-    with capturing(model, layers=1, backend="reference", stats_fn=spy) as session:
+    with capturing(model, layers=1, backend="torch", stats_fn=spy) as session:
         tagged = [i for i, m in enumerate(attention_modules(model)) if hasattr(m, _SLOT_ATTR)]
         assert tagged == [2]
         session.begin(layout)
@@ -251,8 +252,8 @@ def test_causal_lm_runs_base_model_only():
     lm.lm_head.register_forward_pre_hook(boom)
     ids, mask = _batch(LENGTHS, "left")
     hidden = encode_last_hidden(lm, ids, mask)
-    res = capture_saliency(lm, ids, mask, layers=2, backend="reference")
-    ref = capture_reference(lm, ids, mask, layers=2)
+    res = capture_saliency(lm, ids, mask, layers=2, stats_fn=naive_stats_fn)
+    ref = capture_eager(lm, ids, mask, layers=2)
     want = lm.model(input_ids=ids, attention_mask=mask, position_ids=packed_layout(mask).position_ids(),
                     use_cache=False).last_hidden_state
     torch.testing.assert_close(hidden, want.detach(), atol=1e-6, rtol=1e-6)
@@ -291,14 +292,14 @@ def test_refuses_softcapping_naming_the_model():
     with pytest.raises(CaptureUnsupportedError, match="LlamaModel.*softcapping"):
         capture_saliency(model, ids, mask)
     with pytest.raises(CaptureUnsupportedError, match="LlamaModel.*softcapping"):
-        capture_reference(model, ids, mask)
+        capture_eager(model, ids, mask)
 
 
 def test_refuses_model_without_attention_interface():
     model = tiny_model("llama")
     model._supports_attention_backend = False
     ids, mask = _batch(LENGTHS, "right")
-    with pytest.raises(CaptureUnsupportedError, match=r"LlamaModel.*--saliency reference"):
+    with pytest.raises(CaptureUnsupportedError, match=r"LlamaModel.*--saliency eager"):
         capture_saliency(model, ids, mask)
 
 
@@ -309,8 +310,8 @@ def test_refuses_custom_attention_code_that_ignores_the_interface():
         m.config = copy.copy(m.config)
         m.config._attn_implementation_internal = "sdpa"  # these layers bypass the interface switch
     ids, mask = _batch(LENGTHS, "right")
-    with pytest.raises(CaptureUnsupportedError, match=r"never called.*--saliency reference"):
-        capture_saliency(model, ids, mask, backend="reference")
+    with pytest.raises(CaptureUnsupportedError, match=r"never called.*--saliency eager"):
+        capture_saliency(model, ids, mask, stats_fn=naive_stats_fn)
 
 
 def test_bad_inputs_have_clear_errors():
@@ -333,15 +334,15 @@ def test_bad_inputs_have_clear_errors():
     for m in attention_modules(model):
         m.attention_dropout = 0.1
     with pytest.raises(ValueError, match="model.eval"):
-        capture_saliency(model, ids, mask, backend="reference")
+        capture_saliency(model, ids, mask, stats_fn=naive_stats_fn)
     assert model.config._attn_implementation == "sdpa"
 
 
 def test_empty_example_in_batch():
     model = tiny_model("mistral")
     ids, mask = _batch((10, 0, 4), "left")
-    fast = capture_saliency(model, ids, mask, layers=2, backend="reference")
-    ref = capture_reference(model, ids, mask, layers=2)
+    fast = capture_saliency(model, ids, mask, layers=2, stats_fn=naive_stats_fn)
+    ref = capture_eager(model, ids, mask, layers=2)
     assert torch.all(fast.alpha[1] == 0)
     torch.testing.assert_close(fast.alpha, ref.alpha, atol=1e-5, rtol=1e-5)
 
@@ -393,8 +394,8 @@ def test_smollm2_capture_matches_reference():
     model = AutoModel.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                                       attn_implementation="sdpa").eval()
     ids, mask = _batch((24, 17), "left", seed=1)
-    fast = capture_saliency(model, ids, mask, backend="reference")
-    ref = capture_reference(model, ids, mask)
+    fast = capture_saliency(model, ids, mask, stats_fn=naive_stats_fn)
+    ref = capture_eager(model, ids, mask)
     assert fast.layers_used == tuple(range(24, 30))
     torch.testing.assert_close(fast.alpha, ref.alpha, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fast.hidden * mask[..., None], ref.hidden * mask[..., None],

@@ -151,13 +151,13 @@ def test_unwritable_out_and_foreign_bank(tmp_path, capsys, tiny_model_dir, demo_
              demo_data["targets"]["arithmetic"], "--out", tmp_path / "file" / "out", "--no-progress")
     assert rc == 2 and "not writable" in capsys.readouterr().err
     # a bank built with another tokenizer is refused
-    from trim_fast.fingerprints import FingerprintBank
+    from trim_fast.bank import FingerprintBank
 
     assert run("fingerprint", "--model", tiny_model_dir, "--targets", demo_data["targets"]["arithmetic"],
                "--out", tmp_path / "fp", "--no-progress") == 0
     path = tmp_path / "fp" / "banks" / "arithmetic.safetensors"
     bank = FingerprintBank.load(str(path))
-    bank.meta["tokenizer_hash"] = "0000000000000000"
+    bank.meta["tokenizer_digest"] = "0000000000000000"
     bank.save(str(path))
     rc = run("score", "--model", tiny_model_dir, *_pool_args(demo_data), "--bank", path,
              "--out", tmp_path / "sc", "--no-progress")
@@ -195,7 +195,7 @@ def test_demo_with_warmup_records_both_runs(tmp_path, tiny_model_dir):
     out = tmp_path / "demo"
     assert run("demo", "--model", tiny_model_dir, "--pool-size", "60", "--targets-per-family", "3",
                "--out", out, "--no-progress", "--warmup",
-               "--warmup-args", "--lora-r 4 --lora-alpha 8 --warmup-epochs 1") == 0
+               "--lora-r", "4", "--lora-alpha", "8", "--epochs", "1") == 0
     summary = json.load(open(out / "summary.json"))
     assert set(summary["precision_per_task"]) == set(summary["warmup_comparison"])
     for task, both in summary["warmup_comparison"].items():

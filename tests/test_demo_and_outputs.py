@@ -5,7 +5,8 @@ import pytest
 
 from trim_fast.data import load_examples
 from trim_fast.demo.generate import FAMILIES, generate
-from trim_fast.outputs import atomic_open, ensure_out_dir
+from trim_fast.run.files import atomic_open
+from trim_fast.run.outputs import ensure_out_dir
 
 
 def test_demo_data_is_deterministic_labelled_and_held_out(tmp_path):

@@ -47,7 +47,7 @@ def test_eval_command_end_to_end(tmp_path, tiny_model_dir):
     down = result["downstream"]
     assert set(down["losses"]) == {"base model", "TRIM 5%", "random 5%"}
     assert all(math.isfinite(v) and v > 0 for v in down["losses"].values())
-    assert down["train_size"] == 3 and down["heldout_size"] == 4
+    assert down["train_size"] == {"TRIM 5%": 3, "random 5%": 3} and down["heldout_size"] == 4
     md = (out / "quality.md").read_text()
     assert "| unit_conversion | 10 | TRIM |" in md and "Downstream" in md
     assert (out / "quality.png").stat().st_size > 0

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trim_fast import reference as ref
+from trim_fast.selection import num_selected
 from trim_fast.saliency import token_saliency
 
 FEW = settings(max_examples=30, deadline=None)
@@ -117,7 +118,7 @@ def test_all_equal_scores_select_the_first_k(pool, k):
 @FEW
 @given(st.integers(0, 10_000), st.floats(0.0001, 1.0))
 def test_num_selected_bounds(pool, fraction):
-    k = ref.num_selected(pool, fraction=fraction)
+    k = num_selected(pool, fraction=fraction)
     if pool == 0:
         assert k == 0
     else:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from trim_fast import reference
-from trim_fast.selection import combine_tasks, num_selected, select, select_top_k
+from trim_fast.selection import choose, combine_tasks, num_selected, select_top_k
 
 
 def tied_scores(seed, p=200):
@@ -58,11 +58,21 @@ def test_combine_tasks_rejects_bad_input():
         combine_tasks([torch.zeros(3), torch.zeros(4)])
 
 
-def test_select_uses_num_selected():
+def test_choose_combines_rounds_and_keeps_the_top():
     s = torch.linspace(0, 1, 101)
     assert num_selected(101) == 5
-    assert select(s).tolist() == reference.select_top_k(s, 5).tolist()
-    assert select(s, k=3).tolist() == [100, 99, 98]
+    assert choose(s[None]).indices == reference.select_top_k(s, 5).tolist()
+    assert choose(s[None], k=3).indices == [100, 99, 98]
+    two = torch.stack([s, s.flip(0)])
+    two[:, 7] = float("-inf")
+    sel = choose(two, combine="max", fraction=0.02)
+    assert sel.k == 2 and sel.indices == [0, 100] and sel.unscored == [7]
+
+
+def test_less_rounds_k_down():
+    assert num_selected(59, fraction=0.05) == 3  # 2.95 -> 3
+    assert num_selected(59, fraction=0.05, rounding="floor") == 2
+    assert num_selected(10, fraction=0.05, rounding="floor") == 1  # never 0 for a non-empty pool
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

@@ -6,10 +6,12 @@ import torch
 
 from trim_fast import reference
 from trim_fast._ext import HAS_C
-from trim_fast.fingerprints import FingerprintBank
-from trim_fast.ops.token_match import BankTables, PooledScores, match_and_pool, token_scores
+from oracles import fast_match, naive_match
+from trim_fast.bank import FingerprintBank
+from trim_fast.batching import TokenChunk
+from trim_fast.ops.token_match import PooledScores, match_and_pool, token_scores
 from trim_fast.ops.token_match.naive import pool_naive
-from trim_fast.scoring import DocumentFrequency, score_batch, stack_pooled
+from trim_fast.scoring.idf import DocumentFrequency
 from trim_fast.selection import combine_tasks, select_top_k
 
 TRITON_OK = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
@@ -42,11 +44,19 @@ def make_batch(seed, b=6, n=24, d=D, vocab=VOCAB, dtype=torch.float32):
     return hidden, ids, counted
 
 
+def padded_chunk(ids, counted):
+    """A [B, N] batch as a TokenChunk of B examples of N tokens."""
+    b, n = ids.shape
+    return TokenChunk(ids.reshape(-1), counted.reshape(-1), torch.arange(0, b * n + 1, n),
+                      torch.zeros(b, dtype=torch.long))
+
+
 def pool_idf(seed, vocab=VOCAB):
     g = torch.Generator().manual_seed(seed)
-    df = DocumentFrequency()
-    df.update_batch(torch.randint(0, vocab, (50, 30), generator=g), torch.rand(50, 30, generator=g) < 0.9)
-    return df.idf(vocab)
+    df = DocumentFrequency(vocab)
+    df.add_chunk(padded_chunk(torch.randint(0, vocab, (50, 30), generator=g),
+                              torch.rand(50, 30, generator=g) < 0.9))
+    return df.idf()
 
 
 def assert_pooled_close(got, want, atol=1e-5):
@@ -65,8 +75,8 @@ def test_match_and_pool_matches_reference(backend, fallback, use_idf):
     hidden, ids, counted = make_batch(1)
     idf = pool_idf(2) if use_idf else None
     kw = dict(idf=idf, fallback=fallback, fallback_penalty=0.9)
-    got = match_and_pool(hidden, ids, counted, bank, backend=backend, **kw)
-    want = match_and_pool(hidden, ids, counted, bank, backend="reference", **kw)
+    got = fast_match(hidden, ids, counted, bank, backend=backend, **kw)
+    want = naive_match(hidden, ids, counted, bank, **kw)
     assert_pooled_close(got, want)
     # The special examples behave as SPEC 3 says.
     assert float(got.coverage[0]) == 1.0
@@ -85,9 +95,9 @@ def test_low_precision_hidden(backend, dtype):
     bank = make_bank(3)
     hidden, ids, counted = make_batch(4, dtype=dtype)
     idf = pool_idf(5)
-    got = match_and_pool(hidden, ids, counted, bank, idf=idf, backend=backend)
+    got = fast_match(hidden, ids, counted, bank, idf=idf, backend=backend)
     # Same input values, upcast: the fp32 path against the float64 oracle.
-    want = match_and_pool(hidden, ids, counted, bank, idf=idf, backend="reference")
+    want = naive_match(hidden, ids, counted, bank, idf=idf)
     assert_pooled_close(got, want)
 
 
@@ -96,8 +106,9 @@ def test_low_precision_hidden(backend, dtype):
 def test_token_scores_match_reference(fallback, penalty):
     bank = make_bank(6)
     hidden, ids, counted = make_batch(7)
-    got = token_scores(hidden, ids, counted, bank, fallback=fallback, fallback_penalty=penalty)
-    fp = bank.as_reference()
+    got = token_scores(hidden, ids, counted, bank.vectors, bank.row_of_token(), fallback=fallback,
+                       fallback_penalty=penalty)
+    fp = bank
     for i in range(hidden.shape[0]):
         sel = counted[i]
         if not bool(sel.any()):
@@ -116,9 +127,9 @@ def test_faiss_and_matmul_fallback_agree(index_backend):
     bank = make_bank(8)
     hidden, ids, counted = make_batch(9)
     ids[:] = ids % (VOCAB // 2) + VOCAB // 2  # every token takes the nearest fallback
-    got = match_and_pool(hidden, ids, counted, bank, fallback="nearest", backend="torch",
+    got = fast_match(hidden, ids, counted, bank, fallback="nearest", backend="torch",
                          index_backend=index_backend)
-    want = match_and_pool(hidden, ids, counted, bank, fallback="nearest", backend="reference")
+    want = naive_match(hidden, ids, counted, bank, fallback="nearest")
     assert_pooled_close(got, want)
     assert int(got.n_matched.sum()) == 0
 
@@ -159,16 +170,16 @@ def test_nan_hidden_is_a_clear_error(backend, where):
     ids[0, j] = int(bank.classes[0]) if where == "matched" else VOCAB - 1
     hidden[0, j, 5] = float("nan")
     with pytest.raises(ValueError, match="NaN/Inf"):
-        match_and_pool(hidden, ids, counted, bank, backend=backend)
+        fast_match(hidden, ids, counted, bank, backend=backend)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_uncounted_positions_are_never_read(backend):
     bank = make_bank(13)
     hidden, ids, counted = make_batch(14)
-    clean = match_and_pool(hidden, ids, counted, bank, backend=backend)
+    clean = fast_match(hidden, ids, counted, bank, backend=backend)
     hidden[~counted] = float("nan")  # padding / template positions
-    dirty = match_and_pool(hidden, ids, counted, bank, backend=backend)
+    dirty = fast_match(hidden, ids, counted, bank, backend=backend)
     assert_pooled_close(dirty, clean, atol=0)
 
 
@@ -176,31 +187,30 @@ def test_bad_arguments_are_clear_errors():
     bank = make_bank(15)
     hidden, ids, counted = make_batch(16)
     with pytest.raises(ValueError, match="fallback must be"):
-        match_and_pool(hidden, ids, counted, bank, fallback="closest")
+        fast_match(hidden, ids, counted, bank, fallback="closest")
     with pytest.raises(ValueError, match="lambda"):
-        match_and_pool(hidden, ids, counted, bank, fallback_penalty=1.5)
+        fast_match(hidden, ids, counted, bank, fallback_penalty=1.5)
     with pytest.raises(ValueError, match="differs from the bank"):
-        match_and_pool(hidden[..., :-1], ids, counted, bank)
+        fast_match(hidden[..., :-1], ids, counted, bank)
     with pytest.raises(ValueError, match="outside the idf table"):
-        match_and_pool(hidden, ids, counted, bank, idf=torch.ones(VOCAB // 2))
+        fast_match(hidden, ids, counted, bank, idf=torch.ones(VOCAB // 2))
     with pytest.raises(TypeError, match="bool mask"):
-        match_and_pool(hidden, ids, counted.long(), bank)
+        fast_match(hidden, ids, counted.long(), bank)
     with pytest.raises(ValueError, match="backend must be"):
-        match_and_pool(hidden, ids, counted, bank, backend="cuda")
+        fast_match(hidden, ids, counted, bank, backend="cuda")
 
 
-def test_bank_tables_input_equals_bank():
+def test_row_table_of_vocabulary_size_equals_shortest():
     bank = make_bank(17)
     hidden, ids, counted = make_batch(18)
-    tables = BankTables(bank.vectors, bank.row_of_token(VOCAB))
-    assert_pooled_close(match_and_pool(hidden, ids, counted, tables, backend="torch"),
-                        match_and_pool(hidden, ids, counted, bank, backend="torch"), atol=0)
+    full = match_and_pool(hidden, ids, counted, bank.vectors, bank.row_of_token(VOCAB), backend="torch")
+    assert_pooled_close(full, fast_match(hidden, ids, counted, bank, backend="torch"), atol=0)
 
 
 def _reference_pool_scores(hidden, ids, counted, bank, idf):
     """The oracle end to end: reference token scores and example scores, float64."""
     out = []
-    fp = bank.as_reference()
+    fp = bank
     for i in range(hidden.shape[0]):
         sel = counted[i]
         ts = reference.token_scores(hidden[i][sel], ids[i][sel], fp)
@@ -224,18 +234,17 @@ def test_selected_set_identical_to_reference(backend):
     ids = torch.randint(0, VOCAB, (40, 16), generator=g)
     counted = torch.rand(40, 16, generator=g) < 0.85
     counted[7] = False  # never selected
-    df = DocumentFrequency()
-    df.update_batch(ids, counted)
-    idf = df.idf(VOCAB)
+    df = DocumentFrequency(VOCAB)
+    df.add_chunk(padded_chunk(ids, counted))
+    idf = df.idf()
     want_idf = reference.idf(torch.arange(VOCAB), *reference.document_frequency(
         [ids[i][counted[i]] for i in range(40)]))
     assert torch.equal(idf, want_idf)
 
-    fast_tasks = [stack_pooled([p[t] for p in (score_batch(hidden[s:s + 16], ids[s:s + 16],
-                                                            counted[s:s + 16], banks, idf=idf,
-                                                            backend=backend)
-                                                for s in range(0, 40, 16))]).score
-                  for t in range(2)]
+    fast_tasks = [torch.cat([fast_match(hidden[s:s + 16], ids[s:s + 16], counted[s:s + 16], bank,
+                                        idf=idf, backend=backend).score
+                             for s in range(0, 40, 16)])
+                  for bank in banks]
     ref_tasks = [_reference_pool_scores(hidden, ids, counted, bank, idf) for bank in banks]
     for how in ("max", "mean"):
         fast = combine_tasks(torch.stack(fast_tasks), how)
@@ -248,17 +257,18 @@ def test_selected_set_identical_to_reference(backend):
 
 
 def test_prebuilt_index_is_used():
-    from trim_fast.index import NearestFingerprintIndex
+    from trim_fast.ops.nearest import NearestIndex
 
     bank = make_bank(24)
     hidden, ids, counted = make_batch(25)
-    ivf = NearestFingerprintIndex(bank.vectors, backend="faiss-cpu", kind="ivf", nlist=4, nprobe=4)
-    got = match_and_pool(hidden, ids, counted, bank, backend="torch", index=ivf)
-    want = match_and_pool(hidden, ids, counted, bank, backend="reference")
+    ivf = NearestIndex(bank.vectors, backend="faiss-cpu", kind="ivf", nlist=4, nprobe=4)
+    table = bank.row_of_token()
+    got = match_and_pool(hidden, ids, counted, bank.vectors, table, backend="torch", nearest=ivf)
+    want = naive_match(hidden, ids, counted, bank)
     assert_pooled_close(got, want)  # IVF probing every list is exact
-    other = NearestFingerprintIndex(bank.vectors[:5], backend="torch")
-    with pytest.raises(ValueError, match="not built over this bank"):
-        match_and_pool(hidden, ids, counted, bank, backend="torch", index=other)
+    other = NearestIndex(bank.vectors[:5], backend="torch")
+    with pytest.raises(ValueError, match="not built over these vectors"):
+        match_and_pool(hidden, ids, counted, bank.vectors, table, backend="torch", nearest=other)
 
 
 @pytest.mark.skipif(not TRITON_OK, reason="no CUDA, no interpreter")
@@ -290,10 +300,9 @@ def test_cuda_matches_reference(backend, dtype, fallback):
     bank = make_bank(27)
     hidden, ids, counted = make_batch(28, dtype=dtype)
     idf = pool_idf(29)
-    got = match_and_pool(hidden.cuda(), ids.cuda(), counted.cuda(), bank, idf=idf.cuda(),
-                         fallback=fallback, backend=backend)
-    want = match_and_pool(hidden, ids, counted, bank, idf=idf, fallback=fallback,
-                          backend="reference")
+    got = fast_match(hidden.cuda(), ids.cuda(), counted.cuda(), bank, idf=idf.cuda(),
+                     fallback=fallback, backend=backend)
+    want = naive_match(hidden, ids, counted, bank, idf=idf, fallback=fallback)
     assert got.score.is_cuda
     assert_pooled_close(PooledScores(*(getattr(got, f).cpu() for f in PooledScores.__dataclass_fields__)),
                         want)
@@ -301,15 +310,15 @@ def test_cuda_matches_reference(backend, dtype, fallback):
 
 @pytest.mark.gpu
 def test_cuda_index_agrees_with_cpu():
-    from trim_fast.index import NearestFingerprintIndex, faiss_has_gpu
+    from trim_fast.ops.nearest import NearestIndex, faiss_has_gpu
 
     g = torch.Generator().manual_seed(30)
     vectors = torch.nn.functional.normalize(torch.randn(500, 64, generator=g), dim=-1)
     queries = torch.nn.functional.normalize(torch.randn(300, 64, generator=g), dim=-1)
-    want_best, want_rows = NearestFingerprintIndex(vectors, backend="faiss-cpu").search(queries)
+    want_best, want_rows = NearestIndex(vectors, backend="faiss-cpu").search(queries)
     backends = ["torch"] + (["faiss-gpu"] if faiss_has_gpu() else [])
     for name in backends:
-        best, rows = NearestFingerprintIndex(vectors.cuda(), backend=name).search(queries.cuda())
+        best, rows = NearestIndex(vectors.cuda(), backend=name).search(queries.cuda())
         assert best.is_cuda and rows.is_cuda
         torch.testing.assert_close(best.cpu(), want_best, rtol=0, atol=1e-5)
         assert float((rows.cpu() == want_rows).float().mean()) > 0.99

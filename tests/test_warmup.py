@@ -1,5 +1,4 @@
 """LoRA warmup (SPEC 5) on tiny random causal LMs with the real SmolLM2 tokenizer."""
-import argparse
 import json
 import os
 import random
@@ -11,17 +10,13 @@ from trim_fast.data import tokenize_example
 from trim_fast.data.formats import to_example
 from trim_fast.demo.generate import FAMILIES, make_example
 from trim_fast.models.tiny import tiny_config
+from trim_fast.config import WarmupConfig
 from trim_fast.warmup import (
-    CPU_DEFAULTS,
     WARMUP_META,
-    WarmupConfig,
-    add_warmup_args,
+    WarmupResult,
     build_training_batch,
-    cmd_warmup,
-    config_from_args,
     forward_loss,
     loss_sum,
-    maybe_warmup_for_select,
     run_warmup,
     warmup_subset,
 )
@@ -247,13 +242,12 @@ def test_cli_warmup_then_load_model_merges(tmp_path, smollm_tokenizer, examples)
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(ex.raw) + "\n" for ex in examples))
     adapter = str(tmp_path / "adapter")
-    ap = argparse.ArgumentParser()
-    add_warmup_args(ap)
-    args = ap.parse_args(["--model", model_dir, "--pool", str(pool), "--out", adapter, "--fraction", "0.5",
-                          "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--batch-size", "4",
-                          "--micro-batch", "3", "--epochs", "1", "--max-length", "96", "--device", "cpu",
-                          "--no-progress"])
-    assert cmd_warmup(args) == 0
+    from trim_fast.cli import main
+
+    assert main(["warmup", "--model", model_dir, "--pool", str(pool), "--out", adapter, "--fraction",
+                 "0.5", "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--batch-size", "4",
+                 "--micro-batch", "3", "--epochs", "1", "--max-length", "96", "--device", "cpu",
+                 "--no-progress"]) == 0
     meta = json.load(open(os.path.join(adapter, WARMUP_META)))
     assert meta["params"]["epochs"] == 1 and meta["params"]["r"] == 4 and len(meta["subset"]["ids"]) == 6
 
@@ -296,47 +290,32 @@ def test_model_without_lm_head_is_refused(smollm_tokenizer, examples, tmp_path):
                    progress=False)
 
 
-def test_cpu_defaults_fill_only_flags_not_given(monkeypatch):
-    # the shipped table is empty (measured: SPEC defaults are fast enough); test the mechanism
-    monkeypatch.setitem(CPU_DEFAULTS, "epochs", 1)
-    monkeypatch.setitem(CPU_DEFAULTS, "r", 16)
-    ap = argparse.ArgumentParser()
-    add_warmup_args(ap)
-    args = ap.parse_args(["--pool", "p.jsonl", "--out", "o"])
-    cpu_cfg, applied = config_from_args(args, device=torch.device("cpu"), fraction=0.05)
-    assert applied == CPU_DEFAULTS
-    for k, v in CPU_DEFAULTS.items():
-        assert getattr(cpu_cfg, k) == v
-    gpu_cfg, applied = config_from_args(args, device=torch.device("cuda"), fraction=0.05)
-    assert applied == {} and gpu_cfg == WarmupConfig()
-    args = ap.parse_args(["--pool", "p.jsonl", "--out", "o", "--epochs", "3", "--lora-r", "128",
-                          "--lora-alpha", "512", "--lora-targets", "q_proj, v_proj"])
-    cfg, applied = config_from_args(args, device=torch.device("cpu"), fraction=0.05)
-    assert cfg.epochs == 3 and cfg.r == 128 and cfg.target_modules == ("q_proj", "v_proj")
-    assert not ({"epochs", "r", "alpha"} & applied.keys())
-
-
 def test_select_flags_do_not_clash_and_warmup_switch(tmp_path, monkeypatch):
     from trim_fast import cli
 
-    parser = cli.build_parser()  # select carries the warmup flags (add_warmup_args(for_select=True))
+    parser = cli.build_parser()  # select carries the warmup flags, prefixed where they clash
     args = parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path), "--warmup",
                               "--warmup-fraction", "0.1", "--lora-r", "8", "--warmup-lr", "1e-4",
                               "--warmup-ratio", "0.1", "--warmup-gradient-checkpointing"])
-    assert args.warmup and args.warmup_fraction == 0.1 and args.fraction == 0.05
-    cfg, _ = config_from_args(args, device=torch.device("cuda"), fraction=args.warmup_fraction)
-    # select's shared flags (--seed, --dtype, --max-length) carry the warmup defaults
+    values = cli._values(args)
+    assert values["warmup"] and values["warmup_fraction"] == 0.1 and "fraction" not in values
+    cfg = cli.build_settings(WarmupConfig, values, prefix="warmup_", prefixed=cli._WARMUP_PREFIXED)
     assert cfg == WarmupConfig(fraction=0.1, r=8, lr=1e-4, warmup_ratio=0.1, gradient_checkpointing=True)
     calls = {}
-    monkeypatch.setattr("trim_fast.warmup.warmup_from_args",
-                        lambda a, pool, tok, out, fraction: calls.update(out=out, fraction=fraction))
+
+    def fake_run(name, examples, tok, wcfg, out_dir, **kw):
+        calls.update(out=out_dir, fraction=wcfg.fraction)
+        return WarmupResult(out_dir, ["a"], [1.0], 0.1)
+
+    monkeypatch.setattr("trim_fast.warmup.run_warmup", fake_run)
     monkeypatch.setattr("trim_fast.models.loading.load_tokenizer", lambda name=None: None)
-    maybe_warmup_for_select(args, [], str(tmp_path))
+    assert cli._warmup_for_select(values, [], str(tmp_path)).adapter_dir == calls["out"]
     assert calls == {"out": os.path.join(str(tmp_path), "warmup_adapter"), "fraction": 0.1}
-    assert args.adapter == calls["out"]
-    args = parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path)])
-    assert maybe_warmup_for_select(args, [], str(tmp_path)) is None and args.adapter is None
-    args = parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path), "--warmup",
-                              "--warmup-fraction", "2"])
-    with pytest.raises(ValueError, match="warmup-fraction"):
-        maybe_warmup_for_select(args, [], str(tmp_path))
+    values = cli._values(parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path),
+                                            "--warmup", "--warmup-fraction", "2"]))
+    with pytest.raises(ValueError, match="fraction=2.0"):
+        cli._warmup_for_select(values, [], str(tmp_path))
+    values = cli._values(parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path),
+                                            "--warmup", "--adapter", "x"]))
+    with pytest.raises(ValueError, match="--warmup and --adapter"):
+        cli._warmup_for_select(values, [], str(tmp_path))

@@ -1,40 +1,53 @@
 """trim_fast: the fast backend for TRIM (token-wise attention-derived saliency for
-instruction-data selection). The method is defined in SPEC.md; ``trim_fast.reference`` is its
-naive oracle and every fast path is tested against it.
+instruction-data selection). The method is defined in docs/SPEC.md; :mod:`trim_fast.reference`
+is its naive oracle and every fast path is tested against it.
 
-The pipeline, stage by stage: ``trim_fast.data`` (formats, counted tokens) ->
-``trim_fast.capture`` (saliency inside the model's own forward) -> ``trim_fast.saliency``
-(alpha) -> ``trim_fast.fingerprints`` (banks) -> ``trim_fast.ops.token_match`` and
-``trim_fast.pool`` (scoring) -> ``trim_fast.selection``.
+The pipeline, stage by stage: :mod:`trim_fast.data` (records, counted tokens) ->
+:mod:`trim_fast.models` and :mod:`trim_fast.capture` (the model's forward, saliency inside its
+attention) -> :mod:`trim_fast.saliency` (alpha) -> :mod:`trim_fast.bank` (fingerprints) ->
+:mod:`trim_fast.scoring` (the pool) -> :mod:`trim_fast.selection`; :mod:`trim_fast.run` holds
+the run machinery and :class:`trim_fast.Selector` puts it together. The kernels live in
+:mod:`trim_fast.ops`. Names below are imported on first use, so ``import trim_fast.ops`` stays
+free of transformers.
 """
-from trim_fast.capture import capture_saliency, encode_last_hidden, token_budget_batches
-from trim_fast.fingerprints import FingerprintAccumulator, FingerprintBank
-from trim_fast.models.loading import load_model, load_tokenizer
-from trim_fast.ops.attention_saliency import attention_saliency, attention_saliency_varlen
-from trim_fast.ops.token_match import match_and_pool
-from trim_fast.pipeline import SelectionConfig
-from trim_fast.reference import SaliencyStats, TokenSaliency
-from trim_fast.saliency import token_saliency
-from trim_fast.selection import combine_tasks, num_selected, select_top_k
+import importlib
+import logging
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = [
-    "attention_saliency",
-    "attention_saliency_varlen",
-    "capture_saliency",
-    "combine_tasks",
-    "encode_last_hidden",
-    "FingerprintAccumulator",
-    "FingerprintBank",
-    "load_model",
-    "load_tokenizer",
-    "match_and_pool",
-    "num_selected",
-    "SaliencyStats",
-    "select_top_k",
-    "SelectionConfig",
-    "token_budget_batches",
-    "TokenSaliency",
-    "token_saliency",
-]
+logging.getLogger("trim_fast").addHandler(logging.NullHandler())
+
+_EXPORTS = {
+    "Selector": "trim_fast.api",
+    "SelectionResult": "trim_fast.api",
+    "SelectionConfig": "trim_fast.config",
+    "ModelConfig": "trim_fast.config",
+    "WarmupConfig": "trim_fast.config",
+    "FingerprintBank": "trim_fast.bank",
+    "PoolScores": "trim_fast.scoring.engine",
+    "ForwardCache": "trim_fast.scoring.engine",
+    "open_records": "trim_fast.data",
+    "DataError": "trim_fast.data",
+    "load_model": "trim_fast.models.loading",
+    "load_tokenizer": "trim_fast.models.loading",
+    "run_warmup": "trim_fast.warmup",
+    "attention_saliency": "trim_fast.ops.attention_saliency",
+    "attention_saliency_varlen": "trim_fast.ops.attention_saliency",
+    "match_and_pool": "trim_fast.ops.token_match",
+    "capture_saliency": "trim_fast.capture",
+    "encode_last_hidden": "trim_fast.capture",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trim_fast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,491 +1,584 @@
 """``trim-fast``: select the few percent of an instruction pool that matter for a target task.
 
-Subcommands: ``select`` (the whole job), ``fingerprint`` / ``score`` / ``pick`` (its stages, each
-runnable on its own), ``warmup`` (a LoRA warmup adapter, SPEC 5), ``demo`` (the whole job on the
-embedded SmolLM2 and bundled demo data) and ``eval`` (selection quality against baselines).
+Subcommands: ``select`` (the whole job), ``fingerprint`` / ``score`` / ``pick`` (its stages),
+``warmup`` (a LoRA warmup adapter), ``demo`` (the whole job on bundled demo data) and ``eval``
+(selection quality against baselines). Each parses its flags into the config dataclasses of
+:mod:`trim_fast.config` (whose fields generate the flags and their help), calls the library
+(:class:`trim_fast.Selector`) and writes the outputs. ``--config FILE`` (YAML or JSON) sets any
+flag; flags given on the command line win.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
+import json
+import logging
 import os
-import random
 import sys
 import time
+import typing
 
+from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig, as_dict
 from trim_fast.data import DataError
-from trim_fast.warmup import add_warmup_args, cmd_warmup, maybe_warmup_for_select
 
-DEFAULT_TARGET_SAMPLE = 100
+logger = logging.getLogger("trim_fast")
 
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="HF model directory, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", default=None, help="peft LoRA adapter directory, merged before scoring")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--max-length", type=int, default=2048,
-                   help="longer examples are truncated (counted and reported)")
-    p.add_argument("--max-tokens", type=int, default=8192, help="token budget of one forward batch")
-    p.add_argument("--chunk-size", type=int, default=4096,
-                   help="pool examples per resumable shard (and per unit of work across ranks)")
-    p.add_argument("--scope", default="all", choices=["all", "response", "prompt"],
-                   help="whose message content counts")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+# Flags that exist on select but mean something else there are prefixed for the warmup.
+_WARMUP_PREFIXED = ("fraction", "seed", "lr", "epochs", "warmup_ratio", "effective_batch",
+                    "micro_batch", "weight_decay", "max_length", "dtype", "gradient_checkpointing")
 
 
-def _add_bank_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--targets", action="append", default=[], metavar="FILE",
-                   help="target examples, one task per file (repeatable); none: in-domain mode")
-    p.add_argument("--target-sample", type=int, default=DEFAULT_TARGET_SAMPLE,
-                   help="in-domain mode: how many pool examples (seeded) become the targets")
-    p.add_argument("--layers", type=int, default=6, help="last L attention layers for saliency")
-    p.add_argument("--w-row", type=float, default=0.5, help="weight of row saliency Q")
-    p.add_argument("--w-col", type=float, default=0.5, help="weight of column saliency K")
-    p.add_argument("--saliency", default="auto",
-                   choices=["auto", "triton", "cpu", "torch", "reference"],
-                   help="attention-saliency backend; 'reference' runs eager output_attentions")
+# ---------------------------------------------------------------------------------------------
+# flags from the config dataclasses
+# ---------------------------------------------------------------------------------------------
 
 
-def _add_score_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pool", action="append", default=[], metavar="FILE", required=True,
-                   help="candidate pool file (repeatable), JSONL or Parquet")
-    p.add_argument("--fallback", default="nearest", choices=["nearest", "zero", "skip"])
-    p.add_argument("--fallback-penalty", type=float, default=0.9, help="lambda of the nearest fallback")
-    p.add_argument("--idf", default="pool", choices=["pool", "none"])
-    p.add_argument("--w-mean", type=float, default=0.5)
-    p.add_argument("--w-max", type=float, default=0.5)
-    p.add_argument("--w-coverage", type=float, default=0.05)
+def add_settings(parser, cls, *, only=None, exclude=(), prefix: str = "", prefixed=()) -> None:
+    """One flag per field of dataclass ``cls`` (help and choices from its metadata). Defaults
+    are not set on the parser (``SUPPRESS``): the namespace holds only what was given, and the
+    dataclass supplies the rest, so every default is stated once."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in exclude:
+            continue
+        meta = f.metadata
+        name = meta.get("flag") or f.name.replace("_", "-")
+        dest = f.name
+        if f.name in prefixed:
+            dest = f"{prefix.replace('-', '_')}{f.name}"
+            name = name if name.startswith(prefix) else f"{prefix}{name}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        kw = dict(dest=dest, default=argparse.SUPPRESS, help=f"{meta.get('help', '')} (default: {shown})")
+        tp = hints[f.name]
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            kw["type"] = {int: int, float: float}.get(args[0] if args else tp, str)
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+            kw["metavar"] = meta.get("metavar") or (None if meta.get("choices") else f.name.upper())
+        group.add_argument(f"--{name}", **kw)
 
 
-def _add_pick_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--fraction", type=float, default=0.05, help="keep round(fraction * |P|)")
-    g.add_argument("--k", type=int, default=None, help="keep exactly k examples")
-    p.add_argument("--combine", default="max", choices=["max", "mean"], help="across task banks")
+def build_settings(cls, values: dict, *, prefix: str = "", prefixed=(), base=None):
+    """``cls`` from ``values`` (flags and config file), keyed by dest names."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}" if f.name in prefixed else f.name
+        if key in values:
+            kw[f.name] = values[key]
+    try:
+        return dataclasses.replace(base, **kw) if base is not None else cls(**kw)
+    except TypeError as exc:
+        raise ValueError(f"{cls.__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_args(p, *, pool: str | None = "required", targets: bool = False, out: bool = True) -> None:
+    g = p.add_argument_group("inputs and outputs")
+    if pool:
+        g.add_argument("--pool", action="append", default=argparse.SUPPRESS, metavar="SOURCE",
+                       help="candidate pool (repeatable): JSONL, JSON, Parquet, .jsonl.gz/.zst, a "
+                            "glob of shards, a save_to_disk folder or a hub dataset id")
+    if targets:
+        g.add_argument("--targets", action="append", default=argparse.SUPPRESS, metavar="SOURCE",
+                       help="target examples, one task per source (repeatable); none: in-domain "
+                            "mode (a seeded sample of the pool)")
+    if pool or targets:
+        g.add_argument("--format", default=argparse.SUPPRESS,
+                       help="record shape of every source, when detection is ambiguous")
+        g.add_argument("--split", default=argparse.SUPPRESS, help="split of a hub dataset or "
+                       "DatasetDict folder")
+        g.add_argument("--subset", default=argparse.SUPPRESS, help="subset (config name) of a hub "
+                       "dataset")
+    if out:
+        g.add_argument("--out", default=argparse.SUPPRESS, help="output directory")
+    g.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
+                   help="YAML or JSON file setting any of these flags (by their names, e.g. "
+                        "'layers: 4', 'pool: [a.jsonl]'); command-line flags win")
+    g.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bars")
+
+
+def _output_args(p) -> None:
+    g = p.add_argument_group("coreset")
+    g.add_argument("--output-format", choices=("auto", "jsonl", "parquet", "hf"),
+                   default=argparse.SUPPRESS,
+                   help="coreset file: auto (Parquet for Parquet pools, else JSONL), jsonl, "
+                        "parquet, or hf (a datasets save_to_disk folder)")
+    g.add_argument("--layout", choices=("trim", "less"), default=argparse.SUPPRESS,
+                   help="less: sorted.csv as LESS writes it (file name, index, score) and LESS's "
+                        "floor rounding of k")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="trim-fast", description=__doc__.split("\n\n")[0])
+    ap.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="debug messages")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("select", help="fingerprint the targets, score the pool, write the coreset")
-    _add_model_args(p), _add_bank_args(p), _add_score_args(p), _add_pick_args(p)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0)
-    add_warmup_args(p, for_select=True)
+    _run_args(p, targets=True)
+    _output_args(p)
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                   help="count examples and tokens, time a short forward, estimate the run; "
+                        "write nothing")
+    add_settings(p, ModelConfig)
+    add_settings(p, SelectionConfig)
+    g = p.add_argument_group("warmup (docs/SPEC.md section 5)")
+    g.add_argument("--warmup", action="store_true", default=argparse.SUPPRESS,
+                   help="train a LoRA warmup adapter on a pool subset first; score with it merged")
+    g.add_argument("--warmup-out", default=argparse.SUPPRESS,
+                   help="adapter directory (default: OUT/warmup_adapter)")
+    add_settings(p, WarmupConfig, prefix="warmup-", prefixed=_WARMUP_PREFIXED)
 
-    p = sub.add_parser("warmup", help="train a LoRA warmup adapter on a seeded pool subset (SPEC 5)")
-    add_warmup_args(p)
+    p = sub.add_parser("fingerprint", help="targets -> bank files (OUT/banks/<task>.safetensors)")
+    _run_args(p, pool="optional", targets=True)
+    add_settings(p, ModelConfig)
+    add_settings(p, SelectionConfig, exclude=("fallback", "fallback_penalty", "idf", "w_mean",
+                                              "w_max", "w_coverage", "fraction", "k", "combine",
+                                              "chunk_size"))
 
-    p = sub.add_parser("fingerprint", help="targets -> bank files (banks/<task>.safetensors)")
-    _add_model_args(p), _add_bank_args(p)
-    p.add_argument("--pool", action="append", default=[], metavar="FILE",
-                   help="in-domain mode only: the pool to sample targets from")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-
-    p = sub.add_parser("score", help="bank files + pool -> score table")
-    _add_model_args(p), _add_score_args(p)
-    p.add_argument("--bank", action="append", required=True, metavar="FILE", help="bank file (repeatable)")
-    p.add_argument("--combine", default="max", choices=["max", "mean"])
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("score", help="bank files + pool -> score table (the banks' settings apply)")
+    _run_args(p)
+    p.add_argument("--bank", action="append", default=argparse.SUPPRESS, metavar="FILE",
+                   help="bank file (repeatable)")
+    add_settings(p, ModelConfig)
+    add_settings(p, SelectionConfig, exclude=("layers", "w_row", "w_col", "saliency",
+                                              "target_sample", "fraction", "k"))
 
     p = sub.add_parser("pick", help="score table + pool -> coreset")
-    p.add_argument("--scores", required=True, help="scores.parquet written by 'score' or 'select'")
-    p.add_argument("--pool", action="append", required=True, metavar="FILE")
-    _add_pick_args(p)
-    p.add_argument("--out", required=True)
+    _run_args(p)
+    _output_args(p)
+    p.add_argument("--scores", default=argparse.SUPPRESS,
+                   help="scores.parquet written by 'score' or 'select'")
+    add_settings(p, SelectionConfig, only=("fraction", "k", "combine"))
+
+    p = sub.add_parser("warmup", help="train a LoRA warmup adapter on a seeded pool subset")
+    _run_args(p)
+    add_settings(p, ModelConfig, only=("model", "device"))
+    add_settings(p, WarmupConfig)
 
     p = sub.add_parser("demo", help="the whole job on the embedded SmolLM2 and bundled demo data")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--pool-size", type=int, default=1000)
     p.add_argument("--targets-per-family", type=int, default=8)
-    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
-    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", action="store_true",
-                   help="then LoRA-warm the model on 5%% of the pool, select again, and record both "
-                        "runs' precision per family in summary.json")
-    p.add_argument("--warmup-args", default="",
-                   help="extra warmup flags for the second run, e.g. '--lora-r 16 --warmup-epochs 2'")
+                   help="then LoRA-warm the model on 5%% of the pool, select again, and record "
+                        "both runs' precision per family in summary.json")
+    add_settings(p, ModelConfig, only=("model", "device"))
+    add_settings(p, WarmupConfig, exclude=("fraction", "seed", "max_length", "dtype"))
 
-    p = sub.add_parser("eval", help="selection quality on a labelled pool: TRIM against random, "
-                       "representation similarity and BM25; ablations; a downstream check")
-    p.add_argument("--model", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--pool", action="append", default=[], metavar="FILE",
-                   help="labelled pool (records carry 'family'); default: the demo generator's")
-    p.add_argument("--targets", action="append", default=[], metavar="FILE",
-                   help="one file per family (its records' 'family' names it); default: demo targets")
-    p.add_argument("--pool-size", type=int, default=1000, help="demo pool size")
-    p.add_argument("--targets-per-family", type=int, default=8)
-    p.add_argument("--no-ablations", action="store_true")
-    p.add_argument("--downstream", default="unit_conversion",
-                   help="family for the LoRA downstream check ('none' to skip)")
-    p.add_argument("--heldout", default=None,
-                   help="held-out examples of the downstream family (default: generated for the demo)")
-    p.add_argument("--heldout-size", type=int, default=32)
-    p.add_argument("--downstream-epochs", type=int, default=2)
-    p.add_argument("--downstream-lr", type=float, default=2e-4)
-    p.add_argument("--downstream-r", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=8192)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    from trim_fast.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return ap
 
 
-def _config(args):
-    from trim_fast.pipeline import SelectionConfig
-
-    fields = SelectionConfig.__dataclass_fields__
-    kw = {k: getattr(args, k) for k in fields if hasattr(args, k) and getattr(args, k) is not None}
-    return SelectionConfig(**kw)
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
 
 
-def _task_names(paths: list[str]) -> list[str]:
-    names, seen = [], collections.Counter()
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        seen[stem] += 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return names
+def _values(args) -> dict:
+    """Flags given, over the values of ``--config FILE``."""
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "verbose")}
+    path = given.pop("config", None)
+    if path is None:
+        return given
+    return {**read_config_file(path, args.command), **given}
 
 
-def _log(msg: str) -> None:
-    print(f"[trim-fast] {msg}", file=sys.stderr, flush=True)
+def read_config_file(path: str, command: str) -> dict:
+    """Flag values from a YAML or JSON mapping; keys are flag names (``lora-r`` or ``lora_r``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise DataError(f"--config {path}: {exc.strerror or exc}") from None
+    try:
+        if path.lower().endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
 
-
-def _load(args):
-    from trim_fast.models.loading import load_model, load_tokenizer
-
-    t0 = time.perf_counter()
-    tok = load_tokenizer(args.model)
-    model = load_model(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
-    _log(f"model {args.model or 'embedded SmolLM2-135M-Instruct'} loaded in "
-         f"{time.perf_counter() - t0:.1f}s on {next(model.parameters()).device}")
-    return model, tok
-
-
-def _target_tasks(args, pool_paths):
-    """``{task: [Example]}``: one task per --targets file, or a seeded pool sample (in-domain)."""
-    from trim_fast.data import load_examples
-    from trim_fast.pool import iter_pool_chunks, read_selected
-
-    if args.targets:
-        return dict(zip(_task_names(args.targets), (load_examples([p]) for p in args.targets)))
-    if not pool_paths:
-        raise DataError("no --targets given and no --pool to sample in-domain targets from")
-    if args.target_sample < 1:
-        raise ValueError("--target-sample must be >= 1")
-    size = sum(len(chunk) for _, _, chunk in iter_pool_chunks(pool_paths, 4096))
-    n = min(args.target_sample, size)
-    picks = sorted(random.Random(args.seed).sample(range(size), n))
-    _log(f"no --targets: in-domain mode, {n} of {size} pool examples sampled with seed {args.seed}")
-    return {"in_domain": read_selected(pool_paths, picks)}
-
-
-def _bank_meta(args, tok) -> dict:
-    from trim_fast.data import tokenizer_fingerprint
-    from trim_fast.models.loading import model_id
-
-    return {"model_id": model_id(args.model), "adapter": args.adapter,
-            "tokenizer_hash": tokenizer_fingerprint(tok)}
-
-
-def _build_banks(args, cfg, model, tok, tasks) -> dict:
-    from trim_fast.pipeline import build_bank, tokenize_examples
-
-    banks = {}
-    meta = _bank_meta(args, tok)
-    for name, examples in tasks.items():
-        tokenized = tokenize_examples(tok, examples, cfg, progress=not args.no_progress)
-        banks[name] = build_bank(model, tok, tokenized, cfg, meta=dict(meta, task=name),
-                                 progress=not args.no_progress)
-        _log(f"task {name}: {len(examples)} targets -> {len(banks[name].classes)} fingerprints")
-    return banks
-
-
-def _task_families(tasks: dict) -> dict:
-    """The ``family`` field shared by most targets of each task, where records carry one."""
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - json and yaml raise their own types
+        raise DataError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                        f"({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"--config {path}: expected a mapping of flag names to values")
+    dests = _dests(command)
     out = {}
-    for name, examples in tasks.items():
-        fams = collections.Counter(e.meta.get("family") for e in examples if e.meta.get("family"))
-        if fams:
-            out[name] = fams.most_common(1)[0][0]
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        dest = dests.get(dest, dest)
+        if dest not in dests.values():
+            raise DataError(f"--config {path}: unknown setting {key!r} for '{command}'; known: "
+                            f"{', '.join(sorted(dests))}")
+        if dest in ("pool", "targets", "bank") and isinstance(value, str):
+            value = [value]
+        out[dest] = value
     return out
 
 
-def _manifest(args, cfg, model, tok, banks) -> dict:
-    from trim_fast.data import tokenizer_fingerprint
-    from trim_fast.models.loading import model_id
-    from trim_fast.pool import bank_digest, pool_signature
-
-    adapter = None
-    if args.adapter:
-        files = sorted(os.path.join(args.adapter, f) for f in os.listdir(args.adapter))
-        adapter = pool_signature([f for f in files if os.path.isfile(f)])
-    param = next(model.parameters())
-    return {"model": model_id(args.model), "adapter": adapter,
-            "dtype": str(param.dtype).replace("torch.", ""), "device": param.device.type,
-            "tokenizer_hash": tokenizer_fingerprint(tok),
-            "banks": {name: bank_digest(b) for name, b in banks.items()},
-            "pool": pool_signature(args.pool), "scoring": cfg.scoring_params()}
+def _dests(command: str) -> dict[str, str]:
+    """Setting names a config file may use for ``command`` -> their namespace dest."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    out = {}
+    for action in sub.choices[command]._actions:
+        if action.dest in ("help", "config"):
+            continue
+        out[action.dest] = action.dest
+        for opt in action.option_strings:
+            out[opt.lstrip("-").replace("-", "_")] = action.dest
+    return out
 
 
-def _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, *, write_coreset=True,
-                     extra_summary=None, task_families=None, warmup=None):
-    from trim_fast import outputs
-    from trim_fast.pipeline import select, selection_name
-    from trim_fast.pool import read_selected, score_pool
+def _progress(values: dict) -> bool:
+    return not values.get("no_progress", False) and logger.getEffectiveLevel() <= logging.INFO
 
-    t0 = time.perf_counter()
-    scored = score_pool(model, tok, args.pool, banks, cfg, out_dir,
-                        manifest=_manifest(args, cfg, model, tok, banks), ctx=ctx,
-                        progress=not args.no_progress)
-    if not ctx.is_main:
+
+def _require(values: dict, *names: str) -> None:
+    missing = [n for n in names if not values.get(n)]
+    if missing:
+        raise ValueError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)}")
+
+
+def _open(values: dict, key: str):
+    from trim_fast.data import open_records
+
+    return open_records(values[key], split=values.get("split"), subset=values.get("subset"),
+                        format=values.get("format"))
+
+
+def _target_tasks(values: dict) -> dict | None:
+    """``{task: records}``, one task per --targets source, named after it; None: in-domain."""
+    from trim_fast.data import open_records
+
+    sources = values.get("targets") or []
+    if not sources:
         return None
-    n_trunc = int((scored.truncated > 0).sum())
-    if n_trunc:
-        _log(f"{n_trunc} pool example(s) longer than --max-length {cfg.max_length} were truncated "
-             "(counted in summary.json; column 'truncated' of the score table)")
-    sel = select(scored, cfg)
-    cols = outputs.score_columns(scored, sel.combined, sel.indices)
-    outputs.write_table(cols, out_dir)
-    coreset = None
-    if write_coreset:
-        coreset = os.path.join(out_dir, selection_name(cfg.fraction, cfg.k))
-        outputs.write_coreset(read_selected(args.pool, sel.indices), coreset)
-        _log(f"selected {len(sel.indices)} of {len(scored.ids)} -> {coreset}")
-    summary = _summary(cfg, scored, sel, task_families or {})
-    summary["seconds_total"] = round(time.perf_counter() - t0, 3)
-    summary["outputs"] = {"coreset": coreset and os.path.basename(coreset),
-                          "table": ["scores.parquet", "sorted.csv"], "report": "report.png"}
-    if warmup is not None:
-        summary["warmup"] = {"adapter": warmup.adapter_dir, "subset_size": len(warmup.subset_ids),
-                             "seconds": round(warmup.seconds, 3), "final_loss": warmup.losses[-1]}
-    summary.update(extra_summary or {})
+    names, seen = [], collections.Counter()
+    for src in sources:
+        stem = os.path.basename(str(src).rstrip("/")).split(".")[0] or "targets"
+        seen[stem] += 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return {name: open_records(src, split=values.get("split"), subset=values.get("subset"),
+                               format=values.get("format"))
+            for name, src in zip(names, sources)}
+
+
+def _check_inputs(pool, tasks) -> int:
+    """Read every input record once before any model is loaded: bad data fails in seconds."""
+    size = pool.count() if pool is not None else 0
+    for name, recs in (tasks or {}).items():
+        if recs.count() == 0:
+            raise DataError(f"targets {name!r}: no records")
+    return size
+
+
+def _selector(values: dict, cfg: SelectionConfig, *, adapter: str | None = None):
+    from trim_fast.api import Selector
+
+    mc = build_settings(ModelConfig, values)
+    t0 = time.perf_counter()
+    sel = Selector(mc.model, config=cfg, adapter=adapter or mc.adapter, device=mc.device,
+                   dtype=mc.dtype, progress=_progress(values))
+    logger.info("model %s loaded in %.1fs on %s", sel.model_name, time.perf_counter() - t0,
+                next(sel.model.parameters()).device)
+    return sel
+
+
+def _write_selection(values: dict, cfg, sel, scores, choice, banks, pool, out_dir, *,
+                     seconds: float, extra: dict | None = None, loss_curves=None) -> dict:
+    from trim_fast.run import outputs
+
+    layout = values.get("layout", "trim")
+    cols = outputs.score_columns(scores, choice.combined, choice.indices)
+    outputs.write_table(cols, out_dir, layout=layout)
+    fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
+                                        sorted(set(scores.sources)))
+    name = outputs.coreset_name(cfg.fraction, cfg.k, fmt)
+    path = os.path.join(out_dir, name)
+    outputs.write_coreset(pool.take(choice.indices), path, fmt)
+    logger.info("selected %d of %d -> %s", len(choice.indices), len(scores), path)
+    summary = outputs.summary(cfg, scores, choice, banks, seconds=seconds)
+    summary["model"] = {"name": sel.model_name}
+    summary["resolved"] = {"model": as_dict(build_settings(ModelConfig, values)),
+                           "selection": as_dict(cfg), "layout": layout, "output_format": fmt}
+    summary["outputs"] = {"coreset": name, "table": ["scores.parquet", "sorted.csv"],
+                          "report": "report.png"}
+    summary.update(extra or {})
     outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
-    outputs.write_report(cols, os.path.join(out_dir, "report.png"),
-                         loss_curves={"warmup": warmup.losses} if warmup is not None else None)
-    if sel.unscored:
-        _log(f"{len(sel.unscored)} pool example(s) had no scored token (score -inf, never "
-             "selected); see summary.json 'unscored'")
+    outputs.write_report(cols, os.path.join(out_dir, "report.png"), loss_curves=loss_curves)
     return summary
 
 
-def _summary(cfg, scored, sel, task_families) -> dict:
-    from dataclasses import asdict
+def cmd_select(values: dict) -> int:
+    from trim_fast.run import outputs
+    from trim_fast.run.distributed import init_distributed
 
-    from trim_fast.selection import select_top_k
-
-    by_source = collections.Counter(scored.sources[i] for i in sel.indices)
-    summary = {
-        "config": asdict(cfg),
-        "pool_size": len(scored.ids),
-        "k": sel.k,
-        "selected": len(sel.indices),
-        "selected_by_source": dict(by_source),
-        "unscored": {"count": len(sel.unscored), "ids": [scored.ids[i] for i in sel.unscored[:100]]},
-        "truncated": int((scored.truncated > 0).sum()),
-        "tasks": scored.tasks,
-        "scoring": {"tokens": scored.tokens, "forward_seconds": round(scored.seconds_forward, 3),
-                    "tokens_per_s": round(scored.tokens / max(scored.seconds_forward, 1e-9), 1),
-                    "chunks_reused": scored.chunks_reused},
-    }
-    fams = scored.families
-    if task_families and any(f is not None for f in fams):
-        pool_share = collections.Counter(fams)
-        precision = {}
-        for t_i, task in enumerate(scored.tasks):
-            fam = task_families.get(task)
-            if fam is None:
-                continue
-            top = select_top_k(scored.score[t_i], sel.k).tolist()
-            hits = sum(1 for i in top if fams[i] == fam)
-            precision[task] = {"family": fam, "precision": round(hits / max(1, len(top)), 4),
-                               "family_share_of_pool": round(pool_share[fam] / len(fams), 4),
-                               "k": len(top)}
-        summary["precision_per_task"] = precision
-    return summary
-
-
-def _banks_everywhere(args, cfg, model, tok, tasks, ctx) -> dict:
-    """Rank 0 builds the banks and sends them to the other ranks, so all score with the same
-    bank bit for bit (object collectives between our own processes; no file is unpickled)."""
-    return ctx.on_main(lambda: _build_banks(args, cfg, model, tok, tasks))
-
-
-def _init(args):
-    from trim_fast.distributed import init_distributed
-
-    ctx, args.device = init_distributed(args.device)
-    return ctx
-
-
-def cmd_select(args) -> int:
-    from trim_fast import outputs
-
-    ctx = _init(args)
+    _require(values, "pool", "out")
+    cfg = build_settings(SelectionConfig, values)
+    pool, tasks = _open(values, "pool"), _target_tasks(values)
+    size = _check_inputs(pool, tasks)
+    if values.get("dry_run"):
+        return dry_run(values, cfg, pool, tasks, size)
+    ctx, device = init_distributed(values.get("device"))
+    if device is not None:
+        values["device"] = device
     try:
-        cfg = _config(args)
-        out_dir = outputs.ensure_out_dir(args.out)
+        out_dir = outputs.ensure_out_dir(values["out"])
+        t0 = time.perf_counter()
         warm = None
-        if args.warmup:  # rank 0 trains; every rank then merges the same adapter (shared --out)
-            from trim_fast.data import load_examples
-
-            warm = ctx.on_main(lambda: maybe_warmup_for_select(args, load_examples(args.pool), out_dir))
-            args.adapter = warm.adapter_dir
-        model, tok = _load(args)
-        tasks = _target_tasks(args, args.pool)
-        banks = _banks_everywhere(args, cfg, model, tok, tasks, ctx)
-        _score_and_write(args, cfg, model, tok, banks, out_dir, ctx,
-                         task_families=_task_families(tasks), warmup=warm)
+        adapter = values.get("adapter")
+        if values.get("warmup"):
+            warm = ctx.on_main(lambda: _warmup_for_select(values, pool, out_dir))
+            adapter = warm.adapter_dir
+        sel = _selector(values, cfg, adapter=adapter)
+        banks = sel.fingerprint(tasks if tasks is not None else
+                                {"in_domain": sel._in_domain_targets(pool)})
+        scores = sel.score(pool, banks, work_dir=out_dir)
+        choice = sel.choose(scores, rounding="floor" if values.get("layout") == "less" else "half_up")
+        if ctx.is_main:
+            extra = {}
+            if warm is not None:
+                extra["warmup"] = {"adapter": warm.adapter_dir, "subset_size": len(warm.subset_ids),
+                                   "seconds": round(warm.seconds, 3), "final_loss": warm.losses[-1]}
+            summary = _write_selection(values, cfg, sel, scores, choice, banks, pool, out_dir,
+                                       seconds=time.perf_counter() - t0, extra=extra,
+                                       loss_curves={"warmup": warm.losses} if warm else None)
+            values["_summary"] = summary
     finally:
         ctx.close()
     return 0
 
 
-def cmd_fingerprint(args) -> int:
-    from trim_fast import outputs
+def _warmup_for_select(values: dict, pool, out_dir: str):
+    from trim_fast.models.loading import load_tokenizer, model_id
+    from trim_fast.warmup import reusable_adapter, run_warmup
 
-    cfg = _config(args)
-    out_dir = outputs.ensure_out_dir(args.out)
+    if values.get("adapter"):
+        raise ValueError("--warmup and --adapter together: --warmup trains its own adapter; pass one")
+    wcfg = build_settings(WarmupConfig, values, prefix="warmup_", prefixed=_WARMUP_PREFIXED)
+    adapter_dir = values.get("warmup_out") or os.path.join(out_dir, "warmup_adapter")
+    examples = list(pool)
+    name = values.get("model")
+    reused = reusable_adapter(adapter_dir, model_id(name), examples, wcfg)
+    if reused is not None:
+        return reused
+    logger.info("warmup: %g of %d examples, r=%d alpha=%g lr=%g epochs=%d batch=%d", wcfg.fraction,
+                len(examples), wcfg.r, wcfg.alpha, wcfg.lr, wcfg.epochs, wcfg.effective_batch)
+    result = run_warmup(name, examples, load_tokenizer(name), wcfg, adapter_dir,
+                        device=values.get("device"), progress=_progress(values))
+    logger.info("warmup: %d examples, %d steps, loss %.4f -> %.4f in %.1fs -> %s",
+                len(result.subset_ids), len(result.losses), result.losses[0], result.losses[-1],
+                result.seconds, adapter_dir)
+    return result
+
+
+def dry_run(values: dict, cfg: SelectionConfig, pool, tasks, size: int) -> int:
+    """What a run would do: examples, tokens (from a sample), and the forward time estimated
+    from a short forward measured here. Loads the model; writes nothing."""
+    import itertools
+
+    import torch
+
+    from trim_fast.batching import pad_batch
+    from trim_fast.capture import encode_last_hidden
+    from trim_fast.models.prepare import forward_model
+    from trim_fast.scoring.engine import tokenize_chunk
+
+    sel = _selector(values, cfg)
+    sample = list(itertools.islice(iter(pool), 256))
+    chunk = tokenize_chunk(sel.tokenizer, sample, cfg)
+    per_example = chunk.ids.numel() / max(1, len(chunk))
+    with forward_model(sel.model) as base:
+        device = next(base.parameters()).device
+        batch = chunk.batches(cfg.max_tokens)[0]
+        ids, mask, _ = pad_batch([chunk.example(i) for i in batch], sel.pad_id, device)
+        encode_last_hidden(base, ids, mask)  # warm the kernels
+        t0 = time.perf_counter()
+        encode_last_hidden(base, ids, mask)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tok_s = int(mask.sum()) / max(time.perf_counter() - t0, 1e-9)
+    est_tokens = per_example * size
+    report = {"pool_examples": size, "target_tasks": {n: r.count() for n, r in (tasks or {}).items()}
+              or {"in_domain": min(cfg.target_sample, size)},
+              "tokens_per_example_sampled": round(per_example, 1), "sampled_examples": len(sample),
+              "estimated_pool_tokens": int(est_tokens), "measured_forward_tokens_per_s": round(tok_s, 1),
+              "estimated_scoring_seconds": round(est_tokens / max(tok_s, 1e-9), 1),
+              "device": str(device), "chunks": -(-size // cfg.chunk_size)}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_fingerprint(values: dict) -> int:
+    from trim_fast.run import outputs
+
+    _require(values, "out")
+    cfg = build_settings(SelectionConfig, values)
+    tasks = _target_tasks(values)
+    pool = _open(values, "pool") if values.get("pool") else None
+    if tasks is None and pool is None:
+        raise DataError("no --targets given and no --pool to sample in-domain targets from")
+    _check_inputs(pool, tasks)
+    out_dir = outputs.ensure_out_dir(values["out"])
     os.makedirs(os.path.join(out_dir, "banks"), exist_ok=True)
-    model, tok = _load(args)
-    banks = _build_banks(args, cfg, model, tok, _target_tasks(args, args.pool))
+    sel = _selector(values, cfg)
+    banks = sel.fingerprint(tasks if tasks is not None else {"in_domain": sel._in_domain_targets(pool)})
     for name, bank in banks.items():
         path = os.path.join(out_dir, "banks", f"{name}.safetensors")
         bank.save(path)
-        _log(f"wrote {path}")
+        logger.info("wrote %s", path)
     return 0
 
 
-def cmd_score(args) -> int:
-    from trim_fast import outputs
-    from trim_fast.data import tokenizer_fingerprint
-    from trim_fast.fingerprints import FingerprintBank
-    from trim_fast.pipeline import BANK_FIELDS
+def cmd_score(values: dict) -> int:
+    from trim_fast.bank import FingerprintBank
+    from trim_fast.config import BANK_FIELDS
+    from trim_fast.run import outputs
+    from trim_fast.run.distributed import init_distributed
 
-    ctx = _init(args)
+    _require(values, "bank", "pool", "out")
+    banks = {}
+    for path in values["bank"]:
+        bank = FingerprintBank.load(path)
+        name = bank.meta.get("task") or os.path.basename(path).split(".")[0]
+        if name in banks:
+            raise ValueError(f"{path}: a second bank for task {name!r}")
+        banks[name] = bank
+    settings = [b.meta.get("settings") or {} for b in banks.values()]
+    # the banks' own settings apply; an explicit flag that contradicts them is refused
+    from_banks = {k: settings[0][k] for k in BANK_FIELDS if k in settings[0]}
+    for k, v in from_banks.items():
+        if k in values and values[k] != v:
+            raise ValueError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
+                             f"with {k}={v!r}; drop the flag or rebuild the banks")
+    cfg = build_settings(SelectionConfig, {**values, **from_banks})
+    pool = _open(values, "pool")
+    _check_inputs(pool, None)
+    ctx, device = init_distributed(values.get("device"))
+    if device is not None:
+        values["device"] = device
     try:
-        out_dir = outputs.ensure_out_dir(args.out)
-        model, tok = _load(args)
-        from trim_fast.models.loading import model_id
-
-        # a bank from another model (or adapter) that shares the tokenizer is refused too
-        expect = {"tokenizer_hash": tokenizer_fingerprint(tok), "model_id": model_id(args.model),
-                  "adapter": args.adapter}
-        banks = {name: FingerprintBank.load(path, expect=expect)
-                 for name, path in zip(_task_names(args.bank), args.bank)}
-        first = next(iter(banks.values())).meta
-        if first.get("scope") not in (None, args.scope):
-            _log(f"scoring with the banks' scope {first['scope']!r}")
-        for k in BANK_FIELDS:
-            if k in first and hasattr(args, k):
-                setattr(args, k, first[k])
-        cfg = _config(args)
-        _score_and_write(args, cfg, model, tok, banks, out_dir, ctx, write_coreset=False)
+        out_dir = outputs.ensure_out_dir(values["out"])
+        t0 = time.perf_counter()
+        sel = _selector(values, cfg)
+        scores = sel.score(pool, banks, work_dir=out_dir)
+        choice = sel.choose(scores)
+        if ctx.is_main:
+            cols = outputs.score_columns(scores, choice.combined, choice.indices)
+            outputs.write_table(cols, out_dir)
+            summary = outputs.summary(cfg, scores, choice, banks, seconds=time.perf_counter() - t0)
+            outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
+            outputs.write_report(cols, os.path.join(out_dir, "report.png"))
     finally:
         ctx.close()
     return 0
 
 
-def cmd_pick(args) -> int:
+def cmd_pick(values: dict) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from trim_fast import outputs
-    from trim_fast.pipeline import selection_name
-    from trim_fast.pool import iter_pool_chunks, read_selected
-    from trim_fast.selection import combine_tasks, num_selected, select_top_k
+    from trim_fast.run import outputs
+    from trim_fast.selection import choose
 
-    out_dir = outputs.ensure_out_dir(args.out)
+    _require(values, "scores", "pool", "out")
+    cfg = build_settings(SelectionConfig, values)
+    out_dir = outputs.ensure_out_dir(values["out"])
     try:
-        table = pq.read_table(args.scores)
+        table = pq.read_table(values["scores"])
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
-        raise DataError(f"{args.scores}: not a readable score table ({exc})") from exc
-    position = {}
-    for _, start, chunk in iter_pool_chunks(args.pool, 4096):
-        position.update((e.id, start + i) for i, e in enumerate(chunk))
-    if "id" not in table.column_names or "score" not in table.column_names:
-        raise DataError(f"{args.scores}: not a trim-fast score table (needs 'id' and 'score' columns)")
-    ids = table.column("id").to_pylist()
-    missing = [i for i in ids if i not in position]
-    if missing or len(ids) != len(position):
-        raise DataError(f"{args.scores}: the score table does not match the pool files "
-                        f"({len(ids)} rows vs {len(position)} examples; {len(missing)} unknown ids, "
-                        f"e.g. {missing[:3]})")
+        raise DataError(f"{values['scores']}: not a readable score table ({exc})") from exc
+    if not {"index", "id", "score"} <= set(table.column_names):
+        raise DataError(f"{values['scores']}: not a trim-fast score table (needs 'index', 'id' and "
+                        "'score' columns)")
+    pool = _open(values, "pool")
+    ids = [ex.id for ex in pool]
+    index = table.column("index").to_pylist()
+    if sorted(index) != list(range(len(ids))) or \
+            [ids[i] for i in index] != table.column("id").to_pylist():
+        raise DataError(f"{values['scores']}: the score table does not match the pool "
+                        f"({table.num_rows} rows, {len(ids)} examples; ids differ)")
     cols = sorted(c for c in table.column_names if c.startswith("score[")) or ["score"]
-    row_of = torch.tensor([position[i] for i in ids])
     per_task = torch.full((len(cols), len(ids)), float("nan"))
     for t, c in enumerate(cols):
-        values = [float("nan") if v is None else float(v) for v in table.column(c).to_pylist()]
-        per_task[t, row_of] = torch.tensor(values, dtype=torch.float32)
-    combined = combine_tasks(per_task, args.combine)
-    k = num_selected(len(ids), fraction=args.fraction, k=args.k)
-    chosen = select_top_k(combined, k).tolist()
-    name = selection_name(args.fraction, args.k)
-    outputs.write_coreset(read_selected(args.pool, chosen), os.path.join(out_dir, name))
-    _log(f"selected {len(chosen)} of {len(ids)} -> {os.path.join(out_dir, name)}")
+        values_c = [float("nan") if v is None else float(v) for v in table.column(c).to_pylist()]
+        per_task[t, torch.tensor(index)] = torch.tensor(values_c, dtype=torch.float32)
+    layout = values.get("layout", "trim")
+    choice = choose(per_task, combine=cfg.combine, fraction=cfg.fraction, k=cfg.k,
+                    rounding="floor" if layout == "less" else "half_up")
+    fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
+                                        sorted(set(table.column("source").to_pylist())))
+    path = os.path.join(out_dir, outputs.coreset_name(cfg.fraction, cfg.k, fmt))
+    outputs.write_coreset(pool.take(choice.indices), path, fmt)
+    logger.info("selected %d of %d -> %s", len(choice.indices), len(ids), path)
     return 0
 
 
-def cmd_demo(args) -> int:
-    from trim_fast import outputs
-    from trim_fast.demo.generate import generate
+def cmd_warmup(values: dict) -> int:
+    from trim_fast.models.loading import load_tokenizer
+    from trim_fast.warmup import run_warmup
 
-    out_dir = outputs.ensure_out_dir(args.out)
-    manifest = generate(os.path.join(out_dir, "data"), pool_size=args.pool_size,
-                        targets_per_family=args.targets_per_family, seed=args.seed)
-    argv = ["select", "--out", out_dir, "--seed", str(args.seed)]
-    argv += sum((["--pool", p] for p in manifest["pool"]), [])
-    argv += sum((["--targets", p] for p in manifest["targets"].values()), [])
-    if args.device:
-        argv += ["--device", args.device]
-    if args.model:
-        argv += ["--model", args.model]
-    if args.no_progress:
-        argv.append("--no-progress")
-    summary = _demo_select(build_parser().parse_args(argv), manifest, out_dir)
+    _require(values, "pool", "out")
+    wcfg = build_settings(WarmupConfig, values)
+    pool = _open(values, "pool")
+    _check_inputs(pool, None)
+    name = values.get("model")
+    result = run_warmup(name, list(pool), load_tokenizer(name), wcfg, values["out"],
+                        device=values.get("device"), progress=_progress(values))
+    logger.info("warmup: %d examples, %d steps, loss %.4f -> %.4f in %.1fs", len(result.subset_ids),
+                len(result.losses), result.losses[0], result.losses[-1], result.seconds)
+    print(values["out"])
+    return 0
+
+
+def cmd_demo(values: dict) -> int:
+    from trim_fast.demo.generate import generate
+    from trim_fast.run import outputs
+
+    out_dir = outputs.ensure_out_dir(values["out"])
+    manifest = generate(os.path.join(out_dir, "data"), pool_size=values["pool_size"],
+                        targets_per_family=values["targets_per_family"], seed=values["seed"])
+    run = {k: v for k, v in values.items() if k in ("model", "device", "no_progress", "seed")}
+    run.update(pool=manifest["pool"], targets=list(manifest["targets"].values()), out=out_dir)
+    cmd_select(run)
+    summary = run["_summary"]
     _print_precision("no warmup", summary)
-    if args.warmup:
-        warm_dir = os.path.join(out_dir, "warmup")
-        ns = build_parser().parse_args([*argv[:1], "--out", warm_dir, *argv[3:], "--warmup",
-                                        *args.warmup_args.split()])
-        warm_summary = _demo_select(ns, manifest, outputs.ensure_out_dir(warm_dir))
+    if values.get("warmup"):
+        warm_dir = outputs.ensure_out_dir(os.path.join(out_dir, "warmup"))
+        warm_run = dict(run, out=warm_dir, warmup=True)
+        warm_run.pop("_summary")
+        for f in dataclasses.fields(WarmupConfig):
+            if f.name in values:
+                key = f"warmup_{f.name}" if f.name in _WARMUP_PREFIXED else f.name
+                warm_run[key] = values[f.name]
+        cmd_select(warm_run)
+        warm_summary = warm_run["_summary"]
         _print_precision("after LoRA warmup", warm_summary)
         summary["warmup_comparison"] = {
             task: {"no_warmup": p["precision"],
                    "warmup": warm_summary["precision_per_task"][task]["precision"]}
             for task, p in summary.get("precision_per_task", {}).items()}
         summary["warmup_run"] = {"out": warm_dir, **warm_summary.get("warmup", {})}
-        outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
+    summary["demo"] = {"family_counts": manifest["family_counts"]}
+    outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
     print(f"outputs in {out_dir}")
     return 0
-
-
-def _demo_select(ns, manifest, out_dir) -> dict:
-    ctx = _init(ns)
-    cfg = _config(ns)
-    warm = None
-    if ns.warmup:
-        from trim_fast.data import load_examples
-
-        warm = maybe_warmup_for_select(ns, load_examples(ns.pool), out_dir)
-    model, tok = _load(ns)
-    tasks = _target_tasks(ns, ns.pool)
-    banks = _build_banks(ns, cfg, model, tok, tasks)
-    try:
-        return _score_and_write(ns, cfg, model, tok, banks, out_dir, ctx, warmup=warm,
-                                task_families=_task_families(tasks),
-                                extra_summary={"demo": {"family_counts": manifest["family_counts"]}})
-    finally:
-        ctx.close()
 
 
 def _print_precision(title: str, summary: dict) -> None:
@@ -494,61 +587,32 @@ def _print_precision(title: str, summary: dict) -> None:
         print(f"{task:<20} {p['precision']:>12.3f} {p['family_share_of_pool']:>13.3f}")
 
 
-def cmd_eval(args) -> int:
-    from trim_fast import outputs
-    from trim_fast.data import load_examples
-    from trim_fast.demo.generate import generate, heldout_examples
-    from trim_fast.evaluation.quality import run_downstream, run_quality, save_result
-    from trim_fast.pipeline import SelectionConfig
+def _cmd_eval(values: dict) -> int:
+    from trim_fast.evaluation.cli import cmd_eval
 
-    out_dir = outputs.ensure_out_dir(args.out)
-    if bool(args.pool) != bool(args.targets):
-        raise ValueError("give both --pool and --targets, or neither (the demo data is used)")
-    demo = not args.pool
-    if demo:
-        manifest = generate(os.path.join(out_dir, "data"), pool_size=args.pool_size,
-                            targets_per_family=args.targets_per_family, seed=args.seed)
-        args.pool, args.targets = manifest["pool"], list(manifest["targets"].values())
-    pool = load_examples(args.pool)
-    if not any(e.meta.get("family") for e in pool):
-        raise DataError("eval needs a labelled pool: records with a 'family' field")
-    targets = dict(zip(_task_names(args.targets), (load_examples([p]) for p in args.targets)))
-    ns = argparse.Namespace(model=args.model, adapter=None, device=args.device, dtype=args.dtype)
-    model, tok = _load(ns)
-    cfg = SelectionConfig(max_tokens=args.max_tokens, seed=args.seed)
-    result = run_quality(model, tok, pool, targets, cfg, ablations=not args.no_ablations)
-    downstream = None
-    if args.downstream != "none":
-        task = next((t for t, f in result["families"].items() if f["family"] == args.downstream), None)
-        if task is None:
-            raise ValueError(f"--downstream {args.downstream!r}: no target file of that family")
-        if args.heldout:
-            heldout = load_examples([args.heldout])
-        elif demo:
-            heldout = heldout_examples(args.downstream, args.heldout_size, seed=args.seed + 7_777,
-                                       exclude=pool)
-        else:
-            raise ValueError("--downstream needs --heldout FILE with new examples of that family")
-        downstream = run_downstream(args.model, tok, pool, result["families"][task]["trim_top5"],
-                                    heldout, args.downstream, out_dir, seed=args.seed,
-                                    warmup_overrides={"epochs": args.downstream_epochs,
-                                                      "lr": args.downstream_lr, "r": args.downstream_r,
-                                                      "alpha": 2 * args.downstream_r,
-                                                      "effective_batch": 8})
-    save_result(result, out_dir, downstream)
-    with open(os.path.join(out_dir, "quality.md")) as f:
-        print(f.read())
-    return 0
+    return cmd_eval(values)
 
 
-COMMANDS = {"eval": cmd_eval, "select": cmd_select, "warmup": cmd_warmup, "fingerprint": cmd_fingerprint, "score": cmd_score,
-            "pick": cmd_pick, "demo": cmd_demo}
+COMMANDS = {"select": cmd_select, "fingerprint": cmd_fingerprint, "score": cmd_score,
+            "pick": cmd_pick, "warmup": cmd_warmup, "demo": cmd_demo, "eval": _cmd_eval}
+
+
+def setup_logging(quiet: int, verbose: int) -> None:
+    """The CLI's messages: INFO by default, WARNING with -q, DEBUG with -v, on stderr."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    if not any(getattr(h, "_trim_fast_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[trim-fast] %(message)s"))
+        handler._trim_fast_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.quiet, args.verbose)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](_values(args))
     except (DataError, ValueError, OSError, RuntimeError) as exc:
         print(f"trim-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""The naive reference of the TRIM method (SPEC sections 1-4): the oracle every fast path is
-tested against. Written to be read next to ``SPEC.md``, formula by formula; not fast.
+"""The naive reference of the TRIM method (docs/SPEC.md sections 1-4): the oracle every fast path
+is tested against. Written to be read next to the SPEC, formula by formula; not fast. It imports
+only torch, :mod:`trim_fast.types` and :mod:`trim_fast.validation`: nothing of the fast paths.
 
 Section 1 materialises the full attention matrix on purpose (that is what "reference" means
 here); every fast path computes the same numbers without it.
@@ -9,11 +10,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Iterable, Sequence
 
 import torch
 
+from trim_fast.types import FALLBACKS, Fingerprints, SaliencyStats, TokenSaliency, TokenScores
 from trim_fast.validation import (
     check_finite,
     check_qk,
@@ -81,21 +82,6 @@ def attention_probs(scores: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
 
 
-@dataclass
-class SaliencyStats:
-    """Per-layer, head-summed statistics of one attention call (SPEC section 1).
-
-    All ``[B, N]`` float32 except ``lse`` (``[B, H, N]``). Padding positions hold 0 (``lse``:
-    ``-inf``). ``row_visible`` is ``n_i`` and ``col_seen`` is ``m_j``.
-    """
-
-    row_entropy: torch.Tensor  # sum_h H_i
-    col_mass: torch.Tensor  # sum_h sum_i A_ij
-    col_mass_weighted: torch.Tensor  # sum_h sum_i n_i A_ij
-    lse: torch.Tensor  # log-sum-exp of each row of scale * q k^T, per head
-    row_visible: torch.Tensor  # n_i
-    col_seen: torch.Tensor  # m_j
-    num_heads: int
 
 
 def saliency_stats_from_probs(
@@ -148,13 +134,6 @@ def attention_saliency(
     return saliency_stats_from_probs(probs, visible, lse)
 
 
-@dataclass
-class TokenSaliency:
-    """``alpha = w_row * Q + w_col * K`` per token (``[B, N]``), with its two parts."""
-
-    alpha: torch.Tensor
-    row: torch.Tensor  # Q_i
-    col: torch.Tensor  # K_j
 
 
 def token_saliency_from_probs(
@@ -199,15 +178,6 @@ def token_saliency_from_probs(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Fingerprints:
-    """One bank: ``classes`` (sorted token ids, ``[C]``), unit ``vectors`` (``[C, d]``),
-    ``counts`` (``|O_t|``) and ``mass`` (``sum alpha``)."""
-
-    classes: torch.Tensor
-    vectors: torch.Tensor
-    counts: torch.Tensor
-    mass: torch.Tensor
 
 
 def build_fingerprints(
@@ -258,17 +228,6 @@ def _unit_rows(hidden: torch.Tensor) -> torch.Tensor:
 # Section 3: scoring a candidate
 # --------------------------------------------------------------------------------------------
 
-FALLBACKS = ("nearest", "zero", "skip")
-
-
-@dataclass
-class TokenScores:
-    """Per counted candidate token: ``score`` ``s_j`` (NaN where not scored), ``matched``
-    (has a fingerprint) and ``scored`` (enters the pooling)."""
-
-    score: torch.Tensor
-    matched: torch.Tensor
-    scored: torch.Tensor
 
 
 def token_scores(
@@ -377,21 +336,6 @@ def combine_tasks(task_scores: torch.Tensor, how: str = "max") -> torch.Tensor:
     if how == "mean":
         return task_scores.mean(0)
     raise ValueError(f"combine_tasks: how must be 'max' or 'mean', got {how!r}")
-
-
-def num_selected(pool_size: int, *, fraction: float | None = 0.05, k: int | None = None) -> int:
-    """``k``, or ``round(fraction * |P|)`` (half up, at least 1 for a non-empty pool)."""
-    if k is not None:
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        return min(int(k), pool_size)
-    if fraction is None or not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if pool_size == 0:
-        return 0
-    # Exact decimal product: 0.29 * 50 is 14.4999... in binary floating point, not 14.5.
-    exact = Fraction(str(float(fraction))) * pool_size
-    return max(1, min(pool_size, math.floor(exact + Fraction(1, 2))))
 
 
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,13 +1,14 @@
 """From per-layer attention statistics to token saliency ``alpha`` (SPEC section 1): the O(n)
 normalisation that lives outside the kernels. Its twin is
-:func:`trim_fast.reference.token_saliency_from_probs`, which averages per-head quantities."""
+:func:`trim_fast.reference.token_saliency_from_probs`, which averages per-head quantities
+(the SPEC formula, as the tests check)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
-from trim_fast.reference import SaliencyStats, TokenSaliency
+from trim_fast.types import SaliencyStats, TokenSaliency
 
 
 def token_saliency(

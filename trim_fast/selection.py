@@ -1,15 +1,37 @@
-"""Selection (SPEC 4), vectorised: combine task scores, keep the top ``k`` with ties to the
-lower pool index. Same results as :func:`trim_fast.reference.select_top_k`, without a Python
-sort over the pool."""
+"""Selection (SPEC 4), the one path every face of the package selects through: combine the task
+scores, round ``k``, keep the top ``k`` with ties to the lower pool index. Vectorised; the
+oracle's twins are :func:`trim_fast.reference.select_top_k` and ``combine_tasks``."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Sequence
 
 import torch
 
-from trim_fast.reference import num_selected
+from trim_fast.config import COMBINE_MODES
 
-COMBINE = ("max", "mean")
+
+def num_selected(pool_size: int, *, fraction: float | None = 0.05, k: int | None = None,
+                 rounding: str = "half_up") -> int:
+    """``k``, or ``fraction * |P|`` rounded half up (``rounding="floor"``: LESS's rounding), at
+    least 1 for a non-empty pool."""
+    if k is not None:
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return min(int(k), pool_size)
+    if fraction is None or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if pool_size == 0:
+        return 0
+    # Exact decimal product: 0.29 * 50 is 14.4999... in binary floating point, not 14.5.
+    exact = Fraction(str(float(fraction))) * pool_size
+    if rounding == "floor":
+        return max(1, math.floor(exact))
+    if rounding != "half_up":
+        raise ValueError(f"rounding must be 'half_up' or 'floor', got {rounding!r}")
+    return max(1, min(pool_size, math.floor(exact + Fraction(1, 2))))
 
 
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -50,12 +72,27 @@ def combine_tasks(task_scores: torch.Tensor | Sequence[torch.Tensor], how: str =
         return task_scores.amax(0)
     if how == "mean":
         return task_scores.mean(0)
-    raise ValueError(f"combine_tasks: how must be one of {COMBINE}, got {how!r}")
+    raise ValueError(f"combine_tasks: how must be one of {COMBINE_MODES}, got {how!r}")
 
 
-def select(scores: torch.Tensor, *, fraction: float | None = 0.05, k: int | None = None) -> torch.Tensor:
-    """``select_top_k`` with ``k = num_selected(|P|, fraction=..., k=...)``."""
-    return select_top_k(scores, num_selected(int(scores.shape[0]), fraction=fraction, k=k))
+@dataclass
+class Selection:
+    """The top ``k`` of a pool: ``indices`` (pool positions, best first), the ``combined``
+    ``[P]`` score they were chosen by, and the examples with no scored token (``-inf``)."""
+
+    indices: list[int]
+    combined: torch.Tensor
+    k: int
+    unscored: list[int] = field(default_factory=list)
 
 
-__all__ = ["select_top_k", "combine_tasks", "num_selected", "select", "COMBINE"]
+def choose(task_scores: torch.Tensor, *, combine: str = "max", fraction: float | None = 0.05,
+           k: int | None = None, rounding: str = "half_up") -> Selection:
+    """SPEC 4 on ``[T, P]`` task scores: combine, round ``k``, keep the top ``k``."""
+    combined = combine_tasks(task_scores, combine)
+    k = num_selected(int(combined.shape[0]), fraction=fraction, k=k, rounding=rounding)
+    unscored = (combined == float("-inf")).nonzero().squeeze(1).tolist()
+    return Selection(select_top_k(combined, k).tolist(), combined, k, unscored)
+
+
+__all__ = ["Selection", "choose", "combine_tasks", "num_selected", "select_top_k"]

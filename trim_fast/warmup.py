@@ -16,66 +16,23 @@ number of response tokens of the whole effective batch (what ``Trainer`` does wi
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import math
 import os
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from trim_fast.config import WarmupConfig, as_dict
 from trim_fast.data import Example, Tokenized, tokenize_example
+from trim_fast.progress import Progress
 
+logger = logging.getLogger(__name__)
 WARMUP_META = "trim_warmup.json"
-SPEC_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass
-class WarmupConfig:
-    """Every knob of the warmup; the defaults are SPEC section 5's (after LESS)."""
-
-    fraction: float = 0.05  # share of the pool trained on
-    seed: int = 0  # subset, LoRA init, dropout and example order
-    r: int = 128
-    alpha: int = 512
-    dropout: float = 0.1
-    target_modules: tuple[str, ...] = SPEC_TARGET_MODULES
-    lr: float = 2e-5
-    epochs: int = 4
-    warmup_ratio: float = 0.03  # of the optimizer steps, rounded up (as transformers.Trainer)
-    effective_batch: int = 32  # examples per optimizer step (gradient accumulation)
-    micro_batch: int = 4  # examples per forward/backward
-    weight_decay: float = 0.0
-    max_length: int = 2048  # longer examples are truncated
-    dtype: str = "auto"  # auto: bf16 on GPU (fp16 where bf16 is unsupported), fp32 on CPU
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self):
-        self.target_modules = tuple(self.target_modules)
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"warmup fraction must be in (0, 1], got {self.fraction}")
-        checks = {"r": self.r >= 1, "epochs": self.epochs >= 1, "effective_batch": self.effective_batch >= 1,
-                  "micro_batch": self.micro_batch >= 1, "max_length": self.max_length >= 2,
-                  "lr": self.lr > 0, "alpha": self.alpha > 0, "dropout": 0.0 <= self.dropout < 1.0,
-                  "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0, "weight_decay": self.weight_decay >= 0,
-                  "target_modules": len(self.target_modules) > 0}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError("invalid warmup setting(s): " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
-
-    @property
-    def accumulation_steps(self) -> int:
-        return math.ceil(self.effective_batch / self.micro_batch)
-
-
-# Defaults that replace the SPEC's on CPU for flags not given (printed when used). Empty by
-# measurement (bench/results/warmup.md): with the SPEC defaults the embedded SmolLM2 warms up on
-# the 50-example demo subset in ~3 CPU-minutes, so CPU runs keep SPEC 5 as written.
-CPU_DEFAULTS: dict = {}
 
 
 @dataclass
@@ -89,7 +46,7 @@ class WarmupResult:
 
 def warmup_subset(num_examples: int, fraction: float, seed: int) -> list[int]:
     """Sorted pool indices of the seeded random ``round(fraction * n)`` subset (half up, >= 1)."""
-    from trim_fast.reference import num_selected
+    from trim_fast.selection import num_selected
 
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"warmup fraction must be in (0, 1], got {fraction}")
@@ -189,7 +146,7 @@ def _step_plan(lengths: Sequence[int], cfg: WarmupConfig, rng: random.Random) ->
 
 
 def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: WarmupConfig, out_dir: str,
-               *, device=None, progress: bool = True, model_id: str | None = None) -> WarmupResult:
+               *, device=None, progress: bool = False, model_id: str | None = None) -> WarmupResult:
     """Train a LoRA adapter on the seeded ``cfg.fraction`` subset of ``examples``; save it to ``out_dir``.
 
     ``model_name_or_None``: a model name/path/GGUF file (None: the embedded SmolLM2), or an already
@@ -252,11 +209,7 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
     scaler = torch.amp.GradScaler(dev.type, enabled=torch_dtype == torch.float16)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(plan), desc="warmup", unit="step", dynamic_ncols=True)
+    bar = Progress(len(plan), "warmup", progress, unit="step")
     losses: list[float] = []
     for step in plan:
         step_tokens = sum(sum(tokenized[i].counted[1:]) for mb in step for i in mb)
@@ -275,11 +228,8 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
         opt.zero_grad(set_to_none=True)
         sched.step()
         losses.append(step_loss / max(1, step_tokens))
-        if bar is not None:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1, loss=f"{losses[-1]:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+    bar.close()
     if not all(math.isfinite(v) for v in losses):
         raise RuntimeError(f"warmup diverged: non-finite loss {losses}; try a lower --lr or --dtype fp32")
 
@@ -291,7 +241,7 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
     meta = {
         "model_id": name,
         "subset": {"ids": ids, "indices": subset, "pool_size": len(examples)},
-        "params": asdict(cfg),
+        "params": as_dict(cfg),
         "resolved": {"device": str(dev), "dtype": str(torch_dtype).replace("torch.", ""),
                      "optimizer_steps": len(plan), "warmup_steps": warmup_steps,
                      "accumulation_steps": cfg.accumulation_steps, "loss_tokens": n_loss_tokens,
@@ -299,7 +249,7 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
         "losses": losses,
         "seconds": round(seconds, 3),
     }
-    from trim_fast.outputs import write_json
+    from trim_fast.run.outputs import write_json
 
     write_json(meta, os.path.join(out_dir, WARMUP_META))
     return WarmupResult(adapter_dir=out_dir, subset_ids=ids, losses=losses, seconds=seconds,
@@ -311,163 +261,26 @@ def read_warmup_meta(adapter_dir: str) -> dict:
         return json.load(f)
 
 
-# --- CLI -------------------------------------------------------------------------------------
-
-_CFG_FLAGS = {  # WarmupConfig field -> (flag, type, help)
-    "r": ("--lora-r", int, "LoRA rank"),
-    "alpha": ("--lora-alpha", int, "LoRA alpha (scaling alpha / r)"),
-    "dropout": ("--lora-dropout", float, "LoRA dropout"),
-    "target_modules": ("--lora-targets", str, "comma-separated module names LoRA goes on"),
-    "lr": ("--lr", float, "peak learning rate (AdamW)"),
-    "epochs": ("--epochs", int, "passes over the subset"),
-    "warmup_ratio": ("--warmup-ratio", float, "share of the steps with linear lr warmup (then cosine)"),
-    "effective_batch": ("--batch-size", int, "examples per optimizer step (gradient accumulation)"),
-    "micro_batch": ("--micro-batch", int, "examples per forward/backward"),
-    "weight_decay": ("--weight-decay", float, "AdamW weight decay"),
-}
-
-
-def add_warmup_args(parser: argparse.ArgumentParser, *, for_select: bool = False) -> None:
-    """Flags of ``trim-fast warmup``; with ``for_select``, only those ``select`` lacks, plus
-    ``--warmup``, ``--warmup-fraction`` and ``--warmup-out`` (select's --model, --pool, --seed,
-    --device, --dtype, --max-length, --no-progress are shared), and --lr, --epochs, --batch-size,
-    --micro-batch, --weight-decay, --gradient-checkpointing become --warmup-lr, --warmup-epochs ...
-    The parsed values land in ``args.warmup_<WarmupConfig field>`` either way."""
-    defaults = WarmupConfig()
-    if for_select:
-        g = parser.add_argument_group("warmup (SPEC 5)")
-        g.add_argument("--warmup", action="store_true",
-                       help="train a LoRA warmup adapter on a pool subset first and score with it merged")
-        g.add_argument("--warmup-fraction", type=float, default=defaults.fraction,
-                       help="share of the pool the warmup trains on")
-        g.add_argument("--warmup-out", default=None, help="adapter directory (default: OUT/warmup_adapter)")
-    else:
-        g = parser
-        g.add_argument("--model", default=None,
-                       help="HF model directory, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct)")
-        g.add_argument("--pool", action="append", default=[], metavar="FILE", required=True,
-                       help="pool file (repeatable), JSONL or Parquet")
-        g.add_argument("--fraction", type=float, default=defaults.fraction,
-                       help="share of the pool trained on (seeded random subset)")
-        g.add_argument("--out", required=True, help="adapter directory (peft format + trim_warmup.json)")
-        g.add_argument("--seed", type=int, default=defaults.seed)
-        g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-        g.add_argument("--dtype", default=defaults.dtype, choices=["auto", "fp32", "fp16", "bf16"],
-                       help="auto: bf16 on GPU, fp32 on CPU")
-        g.add_argument("--max-length", type=int, default=defaults.max_length,
-                       help="longer examples are truncated")
-        g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for fname, (flag, typ, text) in _CFG_FLAGS.items():
-        default = getattr(defaults, fname)
-        shown = ",".join(default) if fname == "target_modules" else default
-        cpu = f"; on CPU {CPU_DEFAULTS[fname]:g} unless given" if fname in CPU_DEFAULTS else ""
-        # None: "not given", so that the CPU defaults can apply
-        g.add_argument(_flag(flag, for_select), dest=f"warmup_{fname}", metavar=fname.upper(), type=typ,
-                       default=None,
-                       help=f"{text} (default {shown}{cpu})")
-    g.add_argument(_flag("--gradient-checkpointing", for_select), dest="warmup_gradient_checkpointing",
-                   action="store_true", help="recompute activations in backward: less memory, slower")
-
-
-def _flag(flag: str, for_select: bool) -> str:
-    """On ``select``, the generic names (--lr, --epochs ...) get a ``--warmup-`` prefix."""
-    if for_select and not flag.startswith(("--lora-", "--warmup-")):
-        return "--warmup-" + flag[2:]
-    return flag
-
-
-def config_from_args(args, *, device: torch.device, fraction: float) -> tuple[WarmupConfig, dict]:
-    """The config of the flags given; on CPU, :data:`CPU_DEFAULTS` fill the flags not given.
-    Returns the config and the CPU defaults that were applied."""
-    kw = {"fraction": fraction, "seed": args.seed, "dtype": args.dtype, "max_length": args.max_length,
-          "gradient_checkpointing": args.warmup_gradient_checkpointing}
-    for fname in _CFG_FLAGS:
-        value = getattr(args, f"warmup_{fname}")
-        if value is not None:
-            kw[fname] = tuple(s.strip() for s in value.split(",") if s.strip()) if fname == "target_modules" else value
-    applied = {}
-    if device.type == "cpu":
-        applied = {k: v for k, v in CPU_DEFAULTS.items() if k not in kw}
-        kw.update(applied)
-    return WarmupConfig(**kw), applied
-
-
-def _log(msg: str) -> None:
-    print(f"[trim-fast] {msg}", file=sys.stderr, flush=True)
-
-
-def warmup_from_args(args, pool: list[Example], tokenizer, out_dir: str, fraction: float) -> WarmupResult:
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg, applied = config_from_args(args, device=dev, fraction=fraction)
-    if applied:
-        _log("warmup on CPU: using the CPU defaults " + ", ".join(f"{k}={v:g}" for k, v in applied.items())
-             + " (SPEC defaults: " + ", ".join(f"{k}={getattr(WarmupConfig(), k):g}" for k in applied)
-             + "); pass the flags to override")
-    _log(f"warmup: {cfg.fraction:g} of {len(pool)} examples, r={cfg.r} alpha={cfg.alpha:g} "
-         f"lr={cfg.lr:g} epochs={cfg.epochs} batch={cfg.effective_batch} on {dev}")
-    result = run_warmup(args.model, pool, tokenizer, cfg, out_dir, device=dev, progress=not args.no_progress)
-    _log(f"warmup: {len(result.subset_ids)} examples, {len(result.losses)} steps, loss "
-         f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f} in {result.seconds:.1f}s -> {out_dir}")
-    return result
-
-
-def cmd_warmup(args) -> int:
-    """``trim-fast warmup``: train and save the adapter; print its directory."""
-    from trim_fast.data import load_examples
-    from trim_fast.models.loading import load_tokenizer
-
-    if not 0.0 < args.fraction <= 1.0:
-        raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
-    pool = load_examples(args.pool)
-    tok = load_tokenizer(args.model)
-    warmup_from_args(args, pool, tok, args.out, args.fraction)
-    print(args.out)
-    return 0
-
-
-def maybe_warmup_for_select(args, pool: list[Example], out_dir: str) -> WarmupResult | None:
-    """For ``select --warmup``: train on the pool, then point ``args.adapter`` at the adapter.
-    Call before the scoring model is loaded; returns None without ``--warmup``."""
-    if not getattr(args, "warmup", False):
-        return None
-    if getattr(args, "adapter", None):
-        raise ValueError("--warmup and --adapter together: --warmup trains its own adapter; pass one")
-    from trim_fast.models.loading import load_tokenizer
-
-    if not 0.0 < args.warmup_fraction <= 1.0:
-        raise ValueError(f"--warmup-fraction must be in (0, 1], got {args.warmup_fraction}")
-    adapter_dir = args.warmup_out or os.path.join(out_dir, "warmup_adapter")
-    result = _reusable_warmup(args, pool, adapter_dir)
-    if result is None:
-        result = warmup_from_args(args, pool, load_tokenizer(args.model), adapter_dir,
-                                  args.warmup_fraction)
-    args.adapter = adapter_dir
-    return result
-
-
-def _reusable_warmup(args, pool: list[Example], adapter_dir: str) -> WarmupResult | None:
-    """The adapter a previous ``select --warmup`` left in ``adapter_dir``, when it was trained
-    with the same model, settings and subset: a resumed run must not retrain (and change) it."""
-    from trim_fast.models.loading import model_id
-
+def reusable_adapter(adapter_dir: str, model_name: str, examples: Sequence[Example],
+                     cfg: WarmupConfig) -> WarmupResult | None:
+    """The adapter an earlier warmup left in ``adapter_dir``, when it was trained with the same
+    model, settings and subset: a resumed run must not retrain (and change) it."""
     try:
         meta = read_warmup_meta(adapter_dir)
     except (OSError, ValueError):
         return None
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg, _ = config_from_args(args, device=dev, fraction=args.warmup_fraction)
-    subset = warmup_subset(len(pool), cfg.fraction, cfg.seed)
-    same = (meta.get("model_id") == model_id(args.model)
-            and meta.get("params") == json.loads(json.dumps(asdict(cfg)))
-            and meta.get("subset", {}).get("ids") == [pool[i].id for i in subset]
+    subset = warmup_subset(len(examples), cfg.fraction, cfg.seed)
+    same = (meta.get("model_id") == model_name
+            and meta.get("params") == as_dict(cfg)
+            and meta.get("subset", {}).get("ids") == [examples[i].id for i in subset]
             and os.path.exists(os.path.join(adapter_dir, "adapter_config.json")))
     if not same:
         return None
-    _log(f"warmup: reusing the adapter in {adapter_dir} (same model, settings and subset)")
+    logger.info("warmup: reusing the adapter in %s (same model, settings and subset)", adapter_dir)
     return WarmupResult(adapter_dir=adapter_dir, subset_ids=meta["subset"]["ids"],
                         losses=meta["losses"], seconds=meta["seconds"], subset_indices=subset)
 
 
-__all__ = ["WarmupConfig", "WarmupResult", "CPU_DEFAULTS", "warmup_subset", "build_training_batch",
-           "labels_from_tokenized", "loss_sum", "forward_loss", "check_target_modules", "run_warmup", "add_warmup_args",
-           "config_from_args", "cmd_warmup", "maybe_warmup_for_select", "read_warmup_meta"]
+__all__ = ["WarmupResult", "warmup_subset", "build_training_batch", "labels_from_tokenized",
+           "loss_sum", "forward_loss", "check_target_modules", "run_warmup", "read_warmup_meta",
+           "reusable_adapter"]

@@ -3,10 +3,9 @@
 - :func:`capture_saliency`: the model stays on SDPA; its last ``L`` layers also compute the
   saliency statistics inside the attention call (O(n) per layer, no ``n x n`` matrix), and the
   base model's ``last_hidden_state`` comes back. The LM head never runs.
-- :func:`capture_reference`: its naive twin, the eager ``output_attentions=True`` path
-  (``--saliency reference``), alpha from :func:`trim_fast.reference.token_saliency_from_probs`.
+- :func:`capture_eager`: its naive twin, the eager ``output_attentions=True`` path
+  (``--saliency eager``), alpha from :func:`trim_fast.reference.token_saliency_from_probs`.
 - :func:`encode_last_hidden`: the pool-scoring forward, hidden states only.
-- :func:`token_budget_batches`: length-sorted batches under a padded-token budget.
 
 Padding: left or right (one contiguous run of ones per row of ``attention_mask``). Position ids
 count from each example's first valid token, so an example's results do not depend on the
@@ -29,13 +28,15 @@ from trim_fast.capture.attention import (
     base_model_of,
     capturing,
     check_capturable,
+    default_stats_fn,
     is_causal_model,
     kernel_window,
     packed_layout,
     resolve_layers,
 )
-from trim_fast.reference import SaliencyStats, token_saliency_from_probs, visibility_mask
+from trim_fast.reference import token_saliency_from_probs, visibility_mask
 from trim_fast.saliency import token_saliency
+from trim_fast.types import SaliencyStats
 
 
 @dataclass
@@ -44,7 +45,7 @@ class CaptureResult:
     ``alpha``/``row``/``col`` ``[B, N]`` fp32 (``alpha = w_row * row + w_col * col``; 0 at
     padding), ``input_ids`` and ``attention_mask`` (bool) as given, ``layers_used`` the layer
     indices whose attention entered alpha. ``layer_stats``: the raw per-layer statistics in
-    packed varlen layout (``cu_seqlens``), or ``None`` from the reference path."""
+    packed varlen layout (``cu_seqlens``), or ``None`` from the eager path."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -96,6 +97,7 @@ def capture_saliency(
     w_col: float = 0.5,
     backend: str = "auto",
     lse: str = "auto",
+    stats_fn=default_stats_fn,
 ) -> CaptureResult:
     """SPEC 1 alpha and SPEC 2 hidden states from one SDPA forward of the base model.
 
@@ -103,11 +105,12 @@ def capture_saliency(
     the :func:`trim_fast.ops.attention_saliency_varlen` backend. ``lse``: ``"auto"`` passes the
     row log-sum-exp of the attention forward to the saliency call where the attention kernel
     exposes it (CPU flash attention, any mask; CUDA flash attention, fp16/bf16 batches with no
-    mask, spot-checked once per call, else plain SDPA); ``"off"`` never. Eval mode only.
+    mask, spot-checked once per call, else plain SDPA); ``"off"`` never. ``stats_fn``: the
+    saliency statistics call (default: the kernels), e.g. another kernel. Eval mode only.
     """
     _check_weights(w_row, w_col)
     base, input_ids, layout = _prepare(model, input_ids, attention_mask)
-    with capturing(model, layers=layers, backend=backend, lse=lse) as session:
+    with capturing(model, layers=layers, backend=backend, lse=lse, stats_fn=stats_fn) as session:
         session.begin(layout)
         with torch.inference_mode():
             out = _base_forward(base, input_ids, layout)
@@ -150,7 +153,7 @@ def model_visibility(layout: PackedLayout, *, causal: bool, window: int | None) 
     return allowed & layout.valid[:, :, None] & layout.valid[:, None, :]
 
 
-def capture_reference(
+def capture_eager(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
@@ -159,7 +162,7 @@ def capture_reference(
     w_row: float = 0.5,
     w_col: float = 0.5,
 ) -> CaptureResult:
-    """The naive twin (``--saliency reference``): eager attention with ``output_attentions``,
+    """The naive twin (``--saliency eager``): eager attention with ``output_attentions``,
     alpha from the materialised probabilities of the last ``layers`` layers and the visibility
     the model's mask applies. The model's attention implementation is restored afterwards."""
     _check_weights(w_row, w_col)
@@ -206,42 +209,15 @@ def encode_last_hidden(
         return _base_forward(base, input_ids, layout).last_hidden_state
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches whose padded size ``B * max_len`` is at most
-    ``max_tokens``. Longest first, ties by index, so padding stays small and the result is
-    deterministic; every index appears exactly once; an example longer than the budget gets a
-    batch of its own. A length of 0 counts as 1."""
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-    lens = []
-    for i, n in enumerate(lengths):
-        if isinstance(n, bool) or int(n) != n or n < 0:
-            raise ValueError(f"lengths[{i}] must be a non-negative int, got {n!r}")
-        lens.append(max(1, int(n)))
-    order = sorted(range(len(lens)), key=lambda i: (-lens[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # Longest first: the batch's padded length is its first member's.
-        if current and (len(current) + 1) * lens[current[0]] > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "CaptureResult",
     "CaptureUnsupportedError",
-    "capture_reference",
+    "capture_eager",
     "capture_saliency",
     "capturing",
     "check_capturable",
     "encode_last_hidden",
     "model_visibility",
     "packed_layout",
-    "token_budget_batches",
 ]

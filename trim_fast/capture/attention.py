@@ -23,10 +23,10 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from trim_fast.ops.attention_saliency import BACKENDS, attention_saliency_varlen
-from trim_fast.reference import SaliencyStats
+from trim_fast.types import SaliencyStats
 
 ATTN_IMPLEMENTATION = "trim_fast_capture"
-FALLBACK_FLAG = "--saliency reference"
+FALLBACK_FLAG = "--saliency eager"
 LSE_MODES = ("auto", "off")
 _SLOT_ATTR = "_trim_fast_capture_slot"
 

@@ -33,6 +33,13 @@ class Example:
     messages: list[dict[str, str]] | None = None
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    tokens: tuple | None = None
+
+    def digest(self) -> bytes:  # INTERIM (replaced by the data branch)
+        import hashlib
+
+        return hashlib.blake2b(json.dumps(self.raw, sort_keys=True, default=str).encode(),
+                               digest_size=16).digest()
 
 
 def detect_format(record: dict[str, Any]) -> str | None:

@@ -94,7 +94,7 @@ def tokenize_example(tokenizer, example: Example, *, scope: str = "all",
     return Tokenized(ids=list(ids), counted=counted, truncated=truncated)
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_digest(tokenizer) -> str:
     """A hash of the vocabulary, special tokens and chat template: banks are tied to it."""
     h = hashlib.sha256()
     vocab = tokenizer.get_vocab()
@@ -102,3 +102,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h.update(json.dumps(sorted(tokenizer.all_special_tokens)).encode())
     h.update((getattr(tokenizer, "chat_template", None) or "").encode())
     return h.hexdigest()[:16]
+
+
+tokenizer_fingerprint = tokenizer_digest

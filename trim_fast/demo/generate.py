@@ -142,7 +142,7 @@ def _write_if_changed(path: str, text: str) -> None:
         with open(path, encoding="utf-8") as f:
             if f.read() == text:
                 return
-    from trim_fast.io import atomic_open
+    from trim_fast.run.files import atomic_open
 
     with atomic_open(path) as f:
         f.write(text)

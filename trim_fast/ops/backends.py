@@ -9,7 +9,7 @@ import torch
 
 from trim_fast._ext import HAS_C
 
-BACKENDS = ("auto", "triton", "cpu", "torch", "reference")
+BACKENDS = ("auto", "triton", "cpu", "torch")
 
 
 def has_triton() -> bool:

@@ -5,9 +5,10 @@ One functional entry per layout, flash-attention style: ``attention_saliency`` f
 packed ``[total, H, D]`` tokens with ``cu_seqlens``. Both return fp32, head-summed statistics
 (:class:`SaliencyStats`); the O(n) normalisation to ``alpha`` is :func:`trim_fast.saliency.token_saliency`.
 
-Backends: ``triton`` (CUDA), ``cpu`` (the C++ extension), ``torch`` (blockwise PyTorch, any
-device; the fallback when the extension is not built) and ``reference`` (materialises attention;
-the oracle). ``auto`` picks triton on CUDA and cpu (else torch) on the CPU.
+Backends: ``triton`` (CUDA), ``cpu`` (the C++ extension) and ``torch`` (blockwise PyTorch, any
+device; the fallback when the extension is not built). ``auto`` picks triton on CUDA and cpu
+(else torch) on the CPU. The naive twin (:mod:`.naive`, which materialises attention through
+:mod:`trim_fast.reference`) is the tests' oracle, not a backend.
 """
 from __future__ import annotations
 
@@ -17,21 +18,18 @@ import torch
 
 from trim_fast.ops.backends import BACKENDS, resolve_backend
 from trim_fast.ops.attention_saliency.counts import visible_counts
-from trim_fast.reference import SaliencyStats
+from trim_fast.types import SaliencyStats
 from trim_fast.validation import check_cu_seqlens, check_finite, check_qk, check_seq_lens
 
 _MODULES = {
     "triton": "trim_fast.ops.attention_saliency.triton",
     "cpu": "trim_fast.ops.attention_saliency.cpu",
     "torch": "trim_fast.ops.attention_saliency.blockwise",
-    "reference": "trim_fast.ops.attention_saliency.naive",
 }
 
 
 def _backend_fns(name: str):
     mod = importlib.import_module(_MODULES[name])
-    if name == "reference":
-        return mod.attention_saliency_naive, mod.attention_saliency_varlen_naive
     return mod.saliency_padded, mod.saliency_varlen
 
 
@@ -88,12 +86,8 @@ def attention_saliency(
     lse = _check_lse(lse, (b, h, n), q.device)
     name = resolve_backend(backend, q.device)
     padded, _ = _backend_fns(name)
-    kwargs = dict(causal=causal, scale=_scale(q, scale), seq_lens=seq_lens, window=window)
-    if name == "reference":
-        row_entropy, col_mass, col_weighted, out_lse = padded(q, k, **kwargs)
-        out_lse = out_lse if lse is None else lse
-    else:
-        row_entropy, col_mass, col_weighted, out_lse = padded(q, k, lse=lse, **kwargs)
+    row_entropy, col_mass, col_weighted, out_lse = padded(
+        q, k, causal=causal, scale=_scale(q, scale), seq_lens=seq_lens, window=window, lse=lse)
     pos = torch.arange(n, device=q.device)[None, :]
     n_i, m_j = visible_counts(pos, seq_lens[:, None], causal=causal, window=window)
     return SaliencyStats(row_entropy, col_mass, col_weighted, out_lse, n_i, m_j, h)
@@ -128,13 +122,8 @@ def attention_saliency_varlen(
     lse = _check_lse(lse, (h, total), q.device)
     name = resolve_backend(backend, q.device)
     _, varlen = _backend_fns(name)
-    kwargs = dict(causal=causal, scale=_scale(q, scale), window=window)
-    if name == "reference":
-        row_entropy, col_mass, col_weighted, out_lse = varlen(q, k, cu, **kwargs)
-        out_lse = out_lse if lse is None else lse
-    else:
-        row_entropy, col_mass, col_weighted, out_lse = varlen(q, k, cu, max_seqlen=max_seqlen,
-                                                              lse=lse, **kwargs)
+    row_entropy, col_mass, col_weighted, out_lse = varlen(
+        q, k, cu, max_seqlen=max_seqlen, causal=causal, scale=_scale(q, scale), window=window, lse=lse)
     seq_id = torch.repeat_interleave(torch.arange(lens.numel(), device=q.device), lens)
     pos = torch.arange(total, device=q.device) - cu[:-1].long()[seq_id]
     n_i, m_j = visible_counts(pos, lens[seq_id], causal=causal, window=window)

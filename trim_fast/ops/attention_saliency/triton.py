@@ -393,7 +393,7 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 def _check_supported(q: torch.Tensor) -> None:
     if q.dtype not in _SUPPORTED:
         raise TypeError(f"backend='triton' supports float16, bfloat16 and float32 q/k; got {q.dtype} "
-                        "(use backend='torch' or 'reference' for float64)")
+                        "(use backend='torch' for float64)")
     if q.shape[-1] > 256:
         raise ValueError(f"backend='triton' supports head dims up to 256; got {q.shape[-1]}")
 

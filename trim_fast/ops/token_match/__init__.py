@@ -1,27 +1,28 @@
 """``match_and_pool``: candidate hidden states to example scores against one bank (SPEC 3).
 
 One call scores a padded batch ``hidden [B, N, d]`` with its ``token_ids [B, N]`` and ``counted
-[B, N]`` mask: each counted token with a fingerprint takes ``cos(h, f_{x})`` (a gather through
-the bank's token -> row table), the others the fallback (``nearest``: ``(1 - lambda) * max_t
-cos(h, f_t)`` from :mod:`trim_fast.index`; ``zero``; ``skip``), weighted by ``idf[x]``, and
-pools per example to ``S = w_mean * mean_w(s) + w_max * max(s) + w_coverage * coverage``.
+[B, N]`` mask against a bank given as plain tensors: unit ``vectors [C, d]`` and ``row_table
+[V]`` (token id -> row of ``vectors``, -1 for ids without a fingerprint). Each counted token with
+a fingerprint takes ``cos(h, f_{x})`` (a gather), the others the fallback (``nearest``:
+``(1 - lambda) * max_t cos(h, f_t)`` through :mod:`trim_fast.ops.nearest`; ``zero``; ``skip``),
+weighted by ``idf[x]``, and pools per example to
+``S = w_mean * mean_w(s) + w_max * max(s) + w_coverage * coverage``.
 
-Backends: ``triton`` (CUDA; or the interpreter), ``cpu`` (the C++ extension), ``torch``
-(blockwise, any device) and ``reference`` (the oracle, token by token in float64).
-``auto``: triton on CUDA, cpu (else torch) on the CPU. Hidden states of any float dtype are
-read as they are; the math is fp32. Only tokens that are scored are read: a NaN/Inf (or zero)
-hidden state among them is an error; padding and uncounted positions are never read.
+Backends: ``triton`` (CUDA; or the interpreter), ``cpu`` (the C++ extension) and ``torch``
+(blockwise, any device); ``auto``: triton on CUDA, cpu (else torch) on the CPU. The naive twins
+in :mod:`trim_fast.ops.token_match.naive` are the tests' oracle, not a backend. Hidden states of
+any float dtype are read as they are; the math is fp32. Only tokens that are scored are read: a
+NaN/Inf (or zero) hidden state among them is an error; padding and uncounted positions are never
+read.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
 import torch
 
 from trim_fast.ops.backends import BACKENDS, resolve_backend
-from trim_fast.fingerprints import FingerprintBank
-from trim_fast.reference import FALLBACKS, Fingerprints
+from trim_fast.types import FALLBACKS, PooledScores, TokenScores
 
 _POOLS = {
     "triton": ("trim_fast.ops.token_match.triton", "pool_triton"),
@@ -32,64 +33,9 @@ _POOLS = {
 FALLBACK_ROW, SKIP_ROW = -1, -2
 
 
-@dataclass
-class PooledScores:
-    """Per example (``[B]``): ``score`` (``-inf`` with no scored token), its ``mean`` / ``max`` /
-    ``coverage`` parts (NaN with no scored token), and ``n_scored`` / ``n_matched`` counts."""
-
-    score: torch.Tensor
-    mean: torch.Tensor
-    max: torch.Tensor
-    coverage: torch.Tensor
-    n_scored: torch.Tensor
-    n_matched: torch.Tensor
-
-
-@dataclass
-class BankTables:
-    """What scoring needs from a bank, on one device: unit ``vectors [C, d]`` fp32 and the
-    ``row_table [V]`` (token id -> row, -1 unseen). ``index``: optional prebuilt
-    :class:`trim_fast.index.NearestFingerprintIndex` for the ``nearest`` fallback."""
-
-    vectors: torch.Tensor
-    row_table: torch.Tensor
-    index: object | None = None
-
-
-def bank_tables(bank, device: torch.device, *, index_backend: str = "auto") -> BankTables:
-    """The bank's vectors and row table on ``device``, cached on the bank object."""
-    if isinstance(bank, BankTables):
-        if (bank.vectors.device == device and bank.vectors.dtype == torch.float32
-                and bank.row_table.device == device and bank.row_table.dtype == torch.long):
-            return bank  # as given, so an index built for it is kept for the next call
-        return BankTables(bank.vectors.to(device).float(), bank.row_table.to(device).long(),
-                          bank.index)
-    if isinstance(bank, tuple) and len(bank) == 2:
-        return BankTables(bank[0].to(device).float(), bank[1].to(device).long())
-    if isinstance(bank, Fingerprints) and not isinstance(bank, FingerprintBank):
-        bank = FingerprintBank.from_reference(bank)
-    if not isinstance(bank, FingerprintBank):
-        raise TypeError("bank must be a FingerprintBank, reference Fingerprints, or "
-                        f"(vectors, row_table); got {type(bank).__name__}")
-    cache = bank.__dict__.setdefault("_device_tables", {})
-    key = (str(device), index_backend)
-    if key not in cache:
-        cache[key] = BankTables(bank.vectors.to(device).float().contiguous(),
-                                bank.row_of_token().to(device))
-    return cache[key]
-
-
-def _nearest_index(tables: BankTables, index_backend: str):
-    if tables.index is None:
-        from trim_fast.index import NearestFingerprintIndex
-
-        tables.index = NearestFingerprintIndex(tables.vectors, backend=index_backend)
-    return tables.index
-
-
-def _check_inputs(hidden, token_ids, counted, d_bank):
-    if not all(isinstance(t, torch.Tensor) for t in (hidden, token_ids, counted)):
-        raise TypeError("hidden, token_ids and counted must be torch tensors")
+def _check_inputs(hidden, token_ids, counted, vectors, row_table):
+    if not all(isinstance(t, torch.Tensor) for t in (hidden, token_ids, counted, vectors, row_table)):
+        raise TypeError("hidden, token_ids, counted, vectors and row_table must be torch tensors")
     if hidden.ndim != 3:
         raise ValueError(f"hidden must be [B, N, d], got {tuple(hidden.shape)}")
     if not hidden.is_floating_point():
@@ -101,8 +47,13 @@ def _check_inputs(hidden, token_ids, counted, d_bank):
         raise TypeError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
     if counted.dtype != torch.bool:
         raise TypeError(f"counted must be a bool mask, got {counted.dtype}")
-    if hidden.shape[2] != d_bank:
-        raise ValueError(f"hidden size {hidden.shape[2]} differs from the bank's d={d_bank}; "
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"vectors must be a non-empty [C, d] matrix, got {tuple(vectors.shape)}")
+    if row_table.ndim != 1 or row_table.is_floating_point():
+        raise ValueError(f"row_table must be an integer [V] vector, got {row_table.dtype} "
+                         f"{tuple(row_table.shape)}")
+    if hidden.shape[2] != vectors.shape[1]:
+        raise ValueError(f"hidden size {hidden.shape[2]} differs from the bank's d={vectors.shape[1]}; "
                          f"was the bank built with another model?")
     if len({hidden.device, token_ids.device, counted.device}) != 1:
         raise ValueError("hidden, token_ids and counted must be on one device")
@@ -115,8 +66,12 @@ def _check_options(fallback, fallback_penalty):
         raise ValueError(f"fallback_penalty (lambda) must be in [0, 1], got {fallback_penalty}")
 
 
-def prepare_tokens(hidden, token_ids, counted, tables: BankTables, *, idf, fallback,
-                   fallback_penalty, index_backend="auto"):
+def _on_device(vectors, row_table, device):
+    return vectors.to(device=device, dtype=torch.float32), row_table.to(device=device, dtype=torch.long)
+
+
+def prepare_tokens(hidden, token_ids, counted, vectors, row_table, *, idf, fallback,
+                   fallback_penalty, nearest=None):
     """The kernel inputs: ``rows [B, N]`` (bank row / -1 fallback / -2 not scored), the
     fallback scores ``[B, N]`` fp32 and the token weights ``[B, N]`` fp32."""
     b, n, d = hidden.shape
@@ -125,9 +80,8 @@ def prepare_tokens(hidden, token_ids, counted, tables: BankTables, *, idf, fallb
     counted_ids = torch.where(counted, ids, torch.zeros_like(ids))
     if counted.any() and int(counted_ids.min()) < 0:
         raise ValueError("token_ids: a counted token has a negative id")
-    table = tables.row_table
-    in_table = (ids >= 0) & (ids < table.numel())
-    looked_up = table.index_select(0, ids.clamp(0, max(table.numel() - 1, 0)).view(-1)).view(b, n)
+    in_table = (ids >= 0) & (ids < row_table.numel())
+    looked_up = row_table.index_select(0, ids.clamp(0, max(row_table.numel() - 1, 0)).view(-1)).view(b, n)
     rows = torch.where(in_table, looked_up, torch.full_like(ids, FALLBACK_ROW))
     rows = torch.where(counted, rows, torch.full_like(rows, SKIP_ROW))
     if fallback == "skip":
@@ -142,7 +96,11 @@ def prepare_tokens(hidden, token_ids, counted, tables: BankTables, *, idf, fallb
             if bool(bad.any()):
                 raise ValueError(f"hidden states: {int(bad.sum())} scored token(s) have NaN/Inf "
                                  f"or all-zero hidden states")
-            best, _ = _nearest_index(tables, index_backend).search(q / norm)
+            if nearest is None:
+                from trim_fast.ops.nearest import NearestIndex
+
+                nearest = NearestIndex(vectors)
+            best, _ = nearest.search(q / norm)
             fallback_score.view(-1).index_copy_(0, flat, (1.0 - fallback_penalty) * best.float())
     if idf is None:
         weights = torch.ones(b, n, dtype=torch.float32, device=hidden.device)
@@ -176,7 +134,8 @@ def match_and_pool(
     hidden: torch.Tensor,
     token_ids: torch.Tensor,
     counted: torch.Tensor,
-    bank,
+    vectors: torch.Tensor,
+    row_table: torch.Tensor,
     *,
     idf: torch.Tensor | None = None,
     fallback: str = "nearest",
@@ -185,36 +144,28 @@ def match_and_pool(
     w_max: float = 0.5,
     w_coverage: float = 0.05,
     backend: str = "auto",
-    index_backend: str = "auto",
-    index=None,
+    nearest=None,
 ) -> PooledScores:
     """Score a batch of candidates against one bank. See the module docstring.
 
-    hidden ``[B, N, d]`` (last hidden state, any float dtype); token_ids ``[B, N]``; counted
-    ``[B, N]`` bool; bank: :class:`FingerprintBank` (or :class:`BankTables`); idf ``[V]`` or
-    ``None`` (weights 1). ``index_backend`` picks the nearest-fingerprint search
-    (:mod:`trim_fast.index`); ``index``: a prebuilt ``NearestFingerprintIndex`` over this bank's
-    vectors (e.g. ``kind="hnsw"`` for very large banks) to use instead.
+    hidden ``[B, N, d]`` (any float dtype); token_ids ``[B, N]``; counted ``[B, N]`` bool;
+    vectors ``[C, d]`` unit rows; row_table ``[V]`` long; idf ``[V]`` or ``None`` (weights 1).
+    ``nearest``: a prebuilt :class:`trim_fast.ops.nearest.NearestIndex` over ``vectors`` (built
+    per call when ``None``), for the ``nearest`` fallback.
     """
     _check_options(fallback, fallback_penalty)
-    if backend == "reference":
-        return _match_and_pool_reference(hidden, token_ids, counted, bank, idf=idf,
-                                         fallback=fallback, fallback_penalty=fallback_penalty,
-                                         w_mean=w_mean, w_max=w_max, w_coverage=w_coverage)
+    _check_inputs(hidden, token_ids, counted, vectors, row_table)
     name = resolve_backend(backend, hidden.device)
-    tables = bank_tables(bank, hidden.device, index_backend=index_backend)
-    if index is not None:
-        if getattr(index, "num_classes", None) != tables.vectors.shape[0]:
-            raise ValueError("index: the given nearest-fingerprint index was not built over this "
-                             "bank's vectors (class counts differ)")
-        tables = BankTables(tables.vectors, tables.row_table, index)
-    _check_inputs(hidden, token_ids, counted, tables.vectors.shape[1])
-    rows, fb, weights = prepare_tokens(hidden, token_ids, counted, tables, idf=idf,
+    vectors, row_table = _on_device(vectors, row_table, hidden.device)
+    if nearest is not None and getattr(nearest, "num_classes", None) != vectors.shape[0]:
+        raise ValueError("nearest: the given index was not built over these vectors (class counts "
+                         "differ)")
+    rows, fb, weights = prepare_tokens(hidden, token_ids, counted, vectors, row_table, idf=idf,
                                        fallback=fallback, fallback_penalty=fallback_penalty,
-                                       index_backend=index_backend)
+                                       nearest=nearest)
     mod, fn = _POOLS[name]
     pool = getattr(importlib.import_module(mod), fn)
-    sum_ws, sum_w, mx, n_scored, n_matched, n_bad = pool(hidden, rows, fb, weights, tables.vectors)
+    sum_ws, sum_w, mx, n_scored, n_matched, n_bad = pool(hidden, rows, fb, weights, vectors)
     if n_bad:
         raise ValueError(f"hidden states: {n_bad} scored token(s) have NaN/Inf or all-zero "
                          f"hidden states")
@@ -222,42 +173,23 @@ def match_and_pool(
                           w_coverage=w_coverage)
 
 
-def _match_and_pool_reference(hidden, token_ids, counted, bank, **kw) -> PooledScores:
-    from trim_fast.ops.token_match.naive import match_and_pool_reference
-
-    fp = bank.as_reference() if isinstance(bank, FingerprintBank) else bank
-    if not isinstance(fp, Fingerprints):
-        raise TypeError("backend='reference' needs a FingerprintBank or reference Fingerprints")
-    _check_inputs(hidden, token_ids, counted, fp.vectors.shape[1])
-    out, _, _ = match_and_pool_reference(hidden, token_ids, counted, fp, **kw)
-    return PooledScores(
-        score=torch.tensor(out["score"], dtype=torch.float32),
-        mean=torch.tensor(out["mean"], dtype=torch.float32),
-        max=torch.tensor(out["max"], dtype=torch.float32),
-        coverage=torch.tensor(out["coverage"], dtype=torch.float32),
-        n_scored=torch.tensor(out["n_scored"], dtype=torch.long),
-        n_matched=torch.tensor(out["n_matched"], dtype=torch.long),
-    )
-
-
-def token_scores(hidden, token_ids, counted, bank, *, fallback="nearest", fallback_penalty=0.9,
-                 index_backend="auto"):
+def token_scores(hidden, token_ids, counted, vectors, row_table, *, fallback="nearest",
+                 fallback_penalty=0.9, nearest=None) -> TokenScores:
     """Per-token scores ``[B, N]`` fp32 (NaN where not scored) with ``matched`` and ``scored``
     masks, as :func:`trim_fast.reference.token_scores` (blockwise torch, any device)."""
     from trim_fast.ops.token_match.blockwise import token_scores_blockwise
-    from trim_fast.reference import TokenScores
 
     _check_options(fallback, fallback_penalty)
-    tables = bank_tables(bank, hidden.device, index_backend=index_backend)
-    _check_inputs(hidden, token_ids, counted, tables.vectors.shape[1])
-    rows, fb, _ = prepare_tokens(hidden, token_ids, counted, tables, idf=None, fallback=fallback,
-                                 fallback_penalty=fallback_penalty, index_backend=index_backend)
-    score, matched, scored, n_bad = token_scores_blockwise(hidden, rows, fb, tables.vectors)
+    _check_inputs(hidden, token_ids, counted, vectors, row_table)
+    vectors, row_table = _on_device(vectors, row_table, hidden.device)
+    rows, fb, _ = prepare_tokens(hidden, token_ids, counted, vectors, row_table, idf=None,
+                                 fallback=fallback, fallback_penalty=fallback_penalty, nearest=nearest)
+    score, matched, scored, n_bad = token_scores_blockwise(hidden, rows, fb, vectors)
     if n_bad:
         raise ValueError(f"hidden states: {n_bad} scored token(s) have NaN/Inf or all-zero "
                          f"hidden states")
     return TokenScores(score=score, matched=matched, scored=scored)
 
 
-__all__ = ["match_and_pool", "token_scores", "PooledScores", "BankTables", "BACKENDS",
-           "resolve_backend", "prepare_tokens", "finish_pooling", "bank_tables"]
+__all__ = ["match_and_pool", "token_scores", "PooledScores", "BACKENDS", "prepare_tokens",
+           "finish_pooling"]

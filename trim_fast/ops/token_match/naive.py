@@ -1,7 +1,7 @@
-"""Naive twins of ``match_and_pool``.
+"""Naive twins of ``match_and_pool``, the tests' oracle (not a backend).
 
-``match_and_pool_reference``: the oracle, straight from :mod:`trim_fast.reference` (token by
-token in float64, one example at a time). ``pool_naive``: the kernel contract in plain Python,
+``match_and_pool_reference``: straight from :mod:`trim_fast.reference` (token by token in
+float64, one example at a time). ``pool_naive``: the kernel contract in plain Python,
 token by token (``rows``: >= 0 matched bank row, -1 fallback score, <= -2 not scored).
 """
 from __future__ import annotations
@@ -11,9 +11,10 @@ import math
 import torch
 
 from trim_fast import reference
+from trim_fast.types import TokenScores
 
 
-def match_and_pool_reference(hidden, token_ids, counted, fingerprints: reference.Fingerprints, *,
+def match_and_pool_reference(hidden, token_ids, counted, fingerprints, *,
                              idf, fallback, fallback_penalty, w_mean, w_max, w_coverage):
     """Per example: ``reference.token_scores`` on its counted tokens, then ``example_score``.
     Returns lists (score, mean, max, coverage, n_scored, n_matched) and the token scores."""
@@ -25,7 +26,7 @@ def match_and_pool_reference(hidden, token_ids, counted, fingerprints: reference
         sel = counted[i].cpu()
         ids = token_ids[i].cpu()[sel]
         if ids.numel() == 0:
-            ts = reference.TokenScores(torch.empty(0), torch.empty(0, dtype=torch.bool),
+            ts = TokenScores(torch.empty(0), torch.empty(0, dtype=torch.bool),
                                        torch.empty(0, dtype=torch.bool))
         else:
             ts = reference.token_scores(hidden[i].cpu()[sel], ids, fingerprints, fallback=fallback,

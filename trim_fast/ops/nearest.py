@@ -1,4 +1,5 @@
-"""Nearest-fingerprint search for the fallback of unmatched tokens (SPEC 3).
+"""Top-1 inner-product search over unit rows: the nearest fingerprint for the fallback of unmatched
+tokens (SPEC 3). Plain tensors in and out; nothing here knows what a bank is.
 
 Inner product on unit rows is cosine. Backends:
 
@@ -69,8 +70,8 @@ def torch_nearest(vectors: torch.Tensor, queries: torch.Tensor) -> tuple[torch.T
     return best, rows
 
 
-class NearestFingerprintIndex:
-    """Top-1 inner-product search over unit fingerprint rows ``vectors [C, d]``.
+class NearestIndex:
+    """Top-1 inner-product search over unit rows ``vectors [C, d]``.
 
     kind: ``exact`` (default), or ``ivf`` / ``hnsw`` (approximate; for banks of 10^5+ classes,
     faiss backends only). ``search(queries)`` takes unit rows ``[M, d]`` and returns
@@ -81,7 +82,7 @@ class NearestFingerprintIndex:
                  nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
                  ef_search: int = 128, num_threads: int | None = None) -> None:
         if vectors.ndim != 2 or vectors.shape[0] == 0:
-            raise ValueError(f"NearestFingerprintIndex: vectors must be a non-empty [C, d] "
+            raise ValueError(f"NearestIndex: vectors must be a non-empty [C, d] "
                              f"matrix, got {tuple(vectors.shape)}")
         if kind not in KINDS:
             raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
@@ -165,4 +166,4 @@ class NearestFingerprintIndex:
         return best, rows
 
 
-__all__ = ["NearestFingerprintIndex", "torch_nearest", "faiss_has_gpu", "BACKENDS", "KINDS"]
+__all__ = ["NearestIndex", "torch_nearest", "faiss_has_gpu", "BACKENDS", "KINDS"]

@@ -3,26 +3,28 @@
 A bank is a dense ``[C, d]`` fp32 matrix of unit rows plus the sorted class ids, so a candidate
 token with a fingerprint is a gather (``row_of_token``), not a search. Banks are built in one
 call (:meth:`FingerprintBank.build`) or streamed batch by batch (:class:`FingerprintAccumulator`),
-both accumulating in float64 exactly as :func:`trim_fast.reference.build_fingerprints`.
+both accumulating in float64 exactly as :func:`trim_fast.reference.build_fingerprints`; building
+one from a model and target examples is :func:`trim_fast.bank.build.fingerprint_examples`.
 
-On disk a bank is a safetensors file; its JSON header (model id, tokenizer hash, layers, weights,
-scope, creation parameters) lives in the safetensors metadata, so a bank built with one tokenizer
-is refused when loaded for another. Nothing is ever unpickled.
+On disk a bank is a safetensors file; its JSON header (the task, the model's name and weights
+digest, the tokenizer digest and the settings it was built with) lives in the safetensors
+metadata, so a bank is refused where it does not fit the run. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 
-from trim_fast.io import save_safetensors_atomic
-from trim_fast.reference import Fingerprints
+from trim_fast.run.files import save_safetensors_atomic
+from trim_fast.types import Fingerprints
 from trim_fast.validation import check_finite
 
 FORMAT = "trim_fast.fingerprint_bank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: header carries the model weights digest and the bank settings
 _TENSOR_NAMES = ("classes", "vectors", "counts", "mass")
 # A loaded row whose norm is off by more than this is not a fingerprint (corrupt file).
 _UNIT_TOLERANCE = 1e-3
@@ -164,14 +166,11 @@ class FingerprintAccumulator:
 
 
 @dataclass(eq=False)
-class FingerprintBank:
+class FingerprintBank(Fingerprints):
     """``classes [C]`` (sorted token ids), unit ``vectors [C, d]`` fp32, ``counts [C]``, ``mass [C]``
-    and ``meta`` (JSON-able: model id, tokenizer hash, L, weights, scope, parameters)."""
+    and ``meta`` (JSON-able: task, model, tokenizer digest, settings). A :class:`Fingerprints`,
+    so the oracle takes it as it is."""
 
-    classes: torch.Tensor
-    vectors: torch.Tensor
-    counts: torch.Tensor
-    mass: torch.Tensor
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -181,6 +180,7 @@ class FingerprintBank:
         except TypeError as exc:
             raise TypeError(f"FingerprintBank: meta must be JSON-serialisable ({exc})") from None
         self._row_table: torch.Tensor | None = None
+        self._tables: dict = {}
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -229,13 +229,24 @@ class FingerprintBank:
         return FingerprintBank(self.classes.to(device), self.vectors.to(device),
                                self.counts.to(device), self.mass.to(device), dict(self.meta))
 
-    def as_reference(self) -> Fingerprints:
-        """The same bank as the reference's :class:`Fingerprints` (CPU)."""
-        return Fingerprints(self.classes.cpu(), self.vectors.cpu(), self.counts.cpu(), self.mass.cpu())
+    def tables(self, device: torch.device | str, *, index_backend: str = "auto") -> "BankTables":
+        """What scoring reads, on ``device``: fp32 ``vectors``, the ``row_table`` and the
+        nearest-fingerprint index, built once per device and kept with the bank."""
+        from trim_fast.ops.nearest import NearestIndex
 
-    @classmethod
-    def from_reference(cls, fp: Fingerprints, meta: dict | None = None) -> "FingerprintBank":
-        return cls(fp.classes, fp.vectors, fp.counts, fp.mass, dict(meta or {}))
+        key = (str(torch.device(device)), index_backend)
+        if key not in self._tables:
+            vectors = self.vectors.to(device).float().contiguous()
+            self._tables[key] = BankTables(vectors, self.row_of_token().to(device),
+                                           NearestIndex(vectors, backend=index_backend))
+        return self._tables[key]
+
+    def digest(self) -> str:
+        """A hash of the bank's classes and vectors: what a score shard was computed against."""
+        h = hashlib.sha256()
+        h.update(self.classes.to(torch.int64).cpu().numpy().tobytes())
+        h.update(self.vectors.float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -252,10 +263,9 @@ class FingerprintBank:
         save_safetensors_atomic(tensors, os.fspath(path), header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, expect: dict | None = None,
-             device: torch.device | str = "cpu") -> "FingerprintBank":
-        """Read a bank written by :meth:`save`. ``expect`` (e.g. ``{"tokenizer_hash": ...,
-        "model_id": ...}``) must agree with the header, else ``ValueError`` says which differs."""
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> "FingerprintBank":
+        """Read a bank written by :meth:`save` (whether it fits a run is the caller's check:
+        :meth:`trim_fast.Selector.score` refuses a bank of another model or other settings)."""
         from safetensors import safe_open
 
         path = os.fspath(path)
@@ -286,27 +296,8 @@ class FingerprintBank:
             raise ValueError(f"{path!r}: the bank's JSON header must be an object")
         _check_bank_tensors(tensors["classes"], tensors["vectors"], tensors["counts"],
                             tensors["mass"], f"{path!r}", check_unit=True)
-        check_against(meta, expect, path)
         bank = cls(tensors["classes"], tensors["vectors"], tensors["counts"], tensors["mass"], meta)
         return bank if torch.device(device).type == "cpu" else bank.to(device)
-
-
-_EXPECT_WORDS = {"tokenizer_hash": "tokenizer", "model_id": "model"}
-
-
-def check_against(meta: dict, expect: dict | None, where: str = "fingerprint bank") -> None:
-    """Refuse a bank whose header disagrees with this run (``expect``): names the first key."""
-    if not expect:
-        return
-    for key, want in expect.items():
-        have = meta.get(key)
-        if have != want:
-            word = _EXPECT_WORDS.get(key, key)
-            if key not in meta:
-                raise ValueError(f"{where}: the bank's header has no {key!r}; this run expects "
-                                 f"{word} {want!r}")
-            raise ValueError(f"{where}: bank was built with {word} {have!r}, this run uses "
-                             f"{want!r}; rebuild the bank with this {word}")
 
 
 def _check_bank_tensors(classes, vectors, counts, mass, where, *, check_unit: bool = False) -> None:
@@ -339,4 +330,14 @@ def _check_bank_tensors(classes, vectors, counts, mass, where, *, check_unit: bo
                              f"[{float(norms.min()):.4g}, {float(norms.max()):.4g}])")
 
 
-__all__ = ["FingerprintBank", "FingerprintAccumulator", "check_against", "class_sums", "FORMAT"]
+@dataclass
+class BankTables:
+    """A bank as scoring reads it, on one device: fp32 unit ``vectors [C, d]``, the ``row_table
+    [V]`` (token id -> row, -1 unseen) and the ``nearest`` index over ``vectors``."""
+
+    vectors: torch.Tensor
+    row_table: torch.Tensor
+    nearest: object
+
+
+__all__ = ["BankTables", "FingerprintBank", "FingerprintAccumulator", "class_sums", "FORMAT"]

@@ -21,6 +21,15 @@ class DistContext:
     local_rank: int = 0
     initialised_here: bool = False
 
+    @classmethod
+    def current(cls) -> "DistContext":
+        """The process group this process already belongs to (set up by ``torchrun`` and a
+        framework such as accelerate), else a world of one. Nothing is initialised here."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(rank=dist.get_rank(), world=dist.get_world_size(),
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        return cls()
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

@@ -1,0 +1,296 @@
+"""The library: one object that fingerprints targets, scores a pool and selects from it.
+
+    from trim_fast import Selector
+
+    selector = Selector()                      # the embedded SmolLM2, or Selector(model, tokenizer)
+    result = selector.select(pool, targets)    # lists of records, datasets, or file paths
+    result.indices, result.records()           # the top 5%, best first
+
+``Selector(model, tokenizer, config)`` takes a model name or path (default: the embedded one) or
+an object a frontend already holds: a transformers base model, a ``*ForCausalLM``, a peft
+``PeftModel`` (its adapter merged for the forward passes, the weights restored afterwards) or a
+DDP/accelerate-wrapped model, in eval mode. Pools and targets are anything
+:func:`trim_fast.data.open_records` reads: lists of records in any supported shape, a
+``datasets.Dataset``, file paths, or pre-tokenized rows. Nothing is written to disk unless a
+``work_dir`` is given, which makes a large run resumable. Library calls log through the
+``trim_fast`` logger and show no progress bar unless ``progress=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from trim_fast.bank import FingerprintBank
+from trim_fast.bank.build import fingerprint_tokens, target_family
+from trim_fast.config import SelectionConfig
+from trim_fast.data import DataError, Records, open_records, tokenizer_digest
+from trim_fast.models.prepare import forward_model, weights_digest
+from trim_fast.run.distributed import DistContext
+from trim_fast.run.workdir import WorkDir
+from trim_fast.scoring.engine import ForwardCache, PoolScores, score_pool, tokenize_chunk
+from trim_fast.selection import Selection, choose
+
+logger = logging.getLogger("trim_fast")
+
+# Settings a bank and the pool's scoring must share: the bank was built to be compared with
+# hidden states of that method, and token counts of that scope and length.
+SHARED_WITH_POOL = ("method", "scope", "max_length")
+
+
+@dataclass
+class SelectionResult:
+    """What :meth:`Selector.select` returns: ``indices`` (pool positions, best first), the
+    pool's ``scores`` (index-aligned, per task, with their parts), the ``combined`` score they
+    were chosen by, ``k``, the ``unscored`` examples (no scored token: never selected) and the
+    ``banks`` the targets gave."""
+
+    indices: list[int]
+    scores: PoolScores
+    combined: torch.Tensor
+    k: int
+    unscored: list[int]
+    banks: dict[str, FingerprintBank]
+    pool: Records = field(repr=False)
+
+    def records(self) -> list[dict]:
+        """The selected records exactly as given, best first."""
+        return [ex.raw for ex in self.pool.take(self.indices)]
+
+    def to_dataset(self, score_column: str = "trim_score"):
+        """The selection as a ``datasets.Dataset``, best first, with its score in
+        ``score_column``: ``ds.select(indices)`` when the pool was one ``Dataset``."""
+        import datasets
+
+        source = getattr(self.pool, "dataset", None)
+        if isinstance(source, datasets.Dataset):
+            ds = source.select(self.indices)
+        else:
+            ds = datasets.Dataset.from_list(self.records())
+        return ds.add_column(score_column, [float(self.combined[i]) for i in self.indices])
+
+
+class Selector:
+    """Fingerprint targets, score pools, select: see the module docstring.
+
+    ``model``: ``None`` (the embedded SmolLM2-135M-Instruct), a name/path/hub id, or a loaded
+    model object (then ``tokenizer`` is required). ``config``: a :class:`SelectionConfig`
+    (defaults: docs/SPEC.md). ``adapter``, ``device`` and ``dtype`` apply when the model is
+    loaded here. ``progress``: tqdm bars for long loops.
+    """
+
+    def __init__(self, model: Any = None, tokenizer: Any = None,
+                 config: SelectionConfig | None = None, *, adapter: str | None = None,
+                 device: str | None = None, dtype: str = "auto", progress: bool = False):
+        self.config = config or SelectionConfig()
+        self.progress = progress
+        if isinstance(model, torch.nn.Module):
+            if tokenizer is None:
+                raise TypeError("Selector: a loaded model needs its tokenizer too: "
+                                "Selector(model, tokenizer)")
+            if adapter is not None or device is not None or dtype != "auto":
+                raise ValueError("Selector: adapter, device and dtype apply to a model loaded "
+                                 "here; merge, move or cast a loaded model yourself")
+            self.model = model
+            self.model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or \
+                type(model).__name__
+        elif model is None or isinstance(model, (str, os.PathLike)):
+            from trim_fast.models.loading import load_model, load_tokenizer, model_id
+
+            name = None if model is None else os.fspath(model)
+            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name)
+            self.model = load_model(name, adapter=adapter, device=device, dtype=dtype)
+            self.model_name = model_id(name)
+        else:
+            raise TypeError(f"Selector: model must be None, a name or path, or a loaded torch "
+                            f"model; got {type(model).__name__}")
+        self.tokenizer = tokenizer
+        self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
+                           if i is not None)
+
+    # -- targets -> banks ---------------------------------------------------------------------
+    def fingerprint(self, targets: Any, *, task: str | None = None) -> dict[str, FingerprintBank]:
+        """One bank per task. ``targets``: one task's records (named ``task``, default
+        ``"targets"``), or a mapping ``{task: records}``."""
+        tasks = _tasks(targets, task)
+        ctx = DistContext.current()
+        with forward_model(self.model) as base:
+            info = self._model_info(base)
+            return ctx.on_main(lambda: {name: self._fingerprint_task(base, name, recs, info)
+                                        for name, recs in tasks.items()})
+
+    def _fingerprint_task(self, base, name: str, records: Records, info: dict) -> FingerprintBank:
+        examples = list(records)
+        if not examples:
+            raise DataError(f"task {name!r}: no target examples")
+        chunk = tokenize_chunk(self.tokenizer, examples, self.config)
+        meta = {"task": name, "model": info, "tokenizer_digest": tokenizer_digest(self.tokenizer),
+                "family": target_family([e.meta.get("family") for e in examples]),
+                "num_targets": len(examples)}
+        bank = fingerprint_tokens(base, chunk, self.config, pad_id=self.pad_id, meta=meta,
+                                  progress=self.progress)
+        logger.info("task %s: %d targets -> %d fingerprints", name, len(examples), len(bank))
+        return bank
+
+    # -- pool -> scores -----------------------------------------------------------------------
+    def score(self, pool: Any, banks: Any, *, work_dir: str | None = None,
+              forward_cache: ForwardCache | None = None) -> PoolScores:
+        """Score every pool example against ``banks`` (a bank, a list of banks, ``{task: bank}``
+        or bank file paths). ``work_dir``: persist token chunks and score shards there, so a
+        killed run resumes where it stopped. ``forward_cache``: reuse the forward passes of an
+        earlier call on the same pool (in memory)."""
+        records = open_records(pool)
+        banks = _banks(banks)
+        ctx = DistContext.current()
+        with forward_model(self.model) as base:
+            info = self._model_info(base)
+            self.check_banks(banks, info)
+            param = next(base.parameters())
+            manifest = {"model": info, "tokenizer": tokenizer_digest(self.tokenizer),
+                        "dtype": str(param.dtype).replace("torch.", ""),
+                        "device": param.device.type,
+                        "banks": {t: b.digest() for t, b in banks.items()},
+                        "pool": records.describe(), "settings": self.config.scoring_settings()}
+            run_digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+            workdir = None
+            if work_dir is not None:
+                workdir = WorkDir(work_dir)
+                workdir.claim(manifest, ctx)
+            scores = score_pool(base, self.tokenizer, records, banks, self.config,
+                                run_digest=run_digest, workdir=workdir, ctx=ctx,
+                                progress=self.progress, forward_cache=forward_cache)
+        if int((scores.truncated > 0).sum()):
+            logger.info("%d pool example(s) longer than max_length %d were truncated",
+                        int((scores.truncated > 0).sum()), self.config.max_length)
+        return scores
+
+    def check_banks(self, banks: Mapping[str, FingerprintBank], info: dict | None = None) -> None:
+        """Refuse banks that do not fit this selector: built with another model's weights or
+        tokenizer, with settings that differ among them or from this config's, or holding a
+        token id outside the vocabulary."""
+        if not banks:
+            raise ValueError("no fingerprint bank given")
+        settings = {}
+        for name, bank in banks.items():
+            s = bank.meta.get("settings")
+            if not isinstance(s, dict):
+                raise ValueError(f"bank {name!r} records no settings in its header; rebuild it "
+                                 "with this version of trim_fast")
+            settings[name] = s
+        first_name, first = next(iter(settings.items()))
+        for name, s in settings.items():
+            diff = sorted(k for k in set(s) | set(first) if s.get(k) != first.get(k))
+            if diff:
+                raise ValueError(f"banks {first_name!r} and {name!r} were built with different "
+                                 f"settings ({', '.join(f'{k}: {first.get(k)!r} vs {s.get(k)!r}' for k in diff)}); "
+                                 "build every bank of one run with the same settings")
+        for key in SHARED_WITH_POOL:
+            if first.get(key) != getattr(self.config, key):
+                raise ValueError(f"the banks were built with {key}={first.get(key)!r}, this run "
+                                 f"scores with {key}={getattr(self.config, key)!r}; use the same "
+                                 f"{key}")
+        vocab = len(self.tokenizer)
+        digest = tokenizer_digest(self.tokenizer)
+        for name, bank in banks.items():
+            if bank.meta.get("tokenizer_digest") != digest:
+                raise ValueError(f"bank {name!r} was built with another tokenizer "
+                                 f"(digest {bank.meta.get('tokenizer_digest')!r}, this run's is "
+                                 f"{digest!r}); rebuild it with this model's tokenizer")
+            top = int(bank.classes.max())
+            if top >= vocab:
+                raise ValueError(f"bank {name!r} holds token id {top}, outside the tokenizer's "
+                                 f"vocabulary of {vocab}")
+            if info is not None:
+                built = bank.meta.get("model") or {}
+                if built.get("digest") != info["digest"]:
+                    raise ValueError(
+                        f"bank {name!r} was built with model {built.get('name')!r} (weights "
+                        f"digest {built.get('digest')!r}); this run's model {info['name']!r} has "
+                        f"weights digest {info['digest']!r}. Its fingerprints do not fit these "
+                        "hidden states: rebuild the bank with this model")
+
+    # -- pool + targets -> selection ------------------------------------------------------------
+    def select(self, pool: Any, targets: Any = None, *, fraction: float | None = None,
+               k: int | None = None, work_dir: str | None = None,
+               forward_cache: ForwardCache | None = None) -> SelectionResult:
+        """Fingerprint ``targets`` (a task's records or ``{task: records}``; ``None``: a seeded
+        sample of ``config.target_sample`` pool examples, in-domain mode), score ``pool``, keep
+        the top ``k`` (default ``round(config.fraction * |pool|)``)."""
+        records = open_records(pool)
+        if targets is None:
+            targets = {"in_domain": self._in_domain_targets(records)}
+        banks = self.fingerprint(targets)
+        scores = self.score(records, banks, work_dir=work_dir, forward_cache=forward_cache)
+        sel = self.choose(scores, fraction=fraction, k=k)
+        return SelectionResult(sel.indices, scores, sel.combined, sel.k, sel.unscored, banks, records)
+
+    def choose(self, scores: PoolScores, *, fraction: float | None = None, k: int | None = None,
+               rounding: str = "half_up") -> Selection:
+        """The top ``k`` of scored examples (SPEC 4), with this config's combine rule."""
+        cfg = self.config
+        if fraction is None and k is None:
+            fraction, k = cfg.fraction, cfg.k
+        if k is not None and k > len(scores):
+            logger.warning("k=%d is more than the pool's %d examples: the whole pool is kept",
+                           k, len(scores))
+        sel = choose(scores.score, combine=cfg.combine, fraction=fraction, k=k, rounding=rounding)
+        if sel.unscored:
+            logger.warning("%d pool example(s) had no scored token (score -inf, never selected)",
+                           len(sel.unscored))
+        return sel
+
+    def _in_domain_targets(self, records: Records) -> Records:
+        size = records.count()
+        n = min(self.config.target_sample, size)
+        picks = sorted(random.Random(self.config.seed).sample(range(size), n))
+        logger.info("no targets: in-domain mode, %d of %d pool examples sampled with seed %d",
+                    n, size, self.config.seed)
+        return open_records(records.take(picks))
+
+    def _model_info(self, base) -> dict:
+        return {"name": self.model_name, "digest": weights_digest(base)}
+
+
+def _tasks(targets: Any, task: str | None) -> dict[str, Records]:
+    if isinstance(targets, Mapping) and not _looks_like_record(targets):
+        if task is not None:
+            raise ValueError("task= names a single task; a mapping already names its tasks")
+        if not targets:
+            raise ValueError("no target task given")
+        return {str(name): open_records(src) for name, src in targets.items()}
+    return {task or "targets": open_records(targets)}
+
+
+def _looks_like_record(obj: Mapping) -> bool:
+    return any(k in obj for k in ("messages", "conversations", "instruction", "prompt", "text",
+                                  "input_ids"))
+
+
+def _banks(banks: Any) -> dict[str, FingerprintBank]:
+    if isinstance(banks, FingerprintBank):
+        return {banks.meta.get("task", "targets"): banks}
+    if isinstance(banks, (str, os.PathLike)):
+        banks = [banks]
+    if isinstance(banks, Mapping):
+        out = dict(banks)
+    else:
+        out = {}
+        for b in banks:
+            bank = FingerprintBank.load(b) if isinstance(b, (str, os.PathLike)) else b
+            name = bank.meta.get("task") or f"task{len(out)}"
+            if name in out:
+                raise ValueError(f"two banks are named {name!r}; pass a mapping {{task: bank}}")
+            out[name] = bank
+    for name, bank in out.items():
+        if not isinstance(bank, FingerprintBank):
+            raise TypeError(f"bank {name!r}: expected a FingerprintBank, got {type(bank).__name__}")
+    return out
+
+
+__all__ = ["Selector", "SelectionResult"]

@@ -1,0 +1,104 @@
+"""How tokenised examples become forward batches, in one place: a chunk of examples as flat
+token tensors (:class:`TokenChunk`), length-sorted batches under a padded-token budget
+(:func:`token_budget_batches`) and right-padded batch tensors (:func:`pad_batch`). Fingerprinting,
+pool scoring, the warmup-free evaluation and the benchmarks all batch through here, so a batch
+is formed the same way wherever an example is scored."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class TokenChunk:
+    """Token ids and counted masks of a chunk's examples, flat with ``offsets`` ``[n + 1]``."""
+
+    ids: torch.Tensor  # int64 [total]
+    counted: torch.Tensor  # bool [total]
+    offsets: torch.Tensor  # int64 [n + 1]
+    truncated: torch.Tensor  # int64 [n]
+
+    def __len__(self) -> int:
+        return self.offsets.numel() - 1
+
+    def lengths(self) -> list[int]:
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
+
+    def example(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, e = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.ids[s:e], self.counted[s:e]
+
+    def example_of_token(self) -> torch.Tensor:
+        """``[total]`` the example index of each token."""
+        return torch.repeat_interleave(torch.arange(len(self)), torch.tensor(self.lengths(), dtype=torch.long))
+
+    @staticmethod
+    def from_tokenized(items: Sequence) -> "TokenChunk":
+        """From :class:`trim_fast.data.Tokenized` items (``ids``, ``counted``, ``truncated``)."""
+        ids, counted, offsets, truncated = [], [], [0], []
+        for t in items:
+            ids.extend(t.ids)
+            counted.extend(t.counted)
+            offsets.append(len(ids))
+            truncated.append(t.truncated)
+        return TokenChunk(torch.tensor(ids, dtype=torch.int64), torch.tensor(counted, dtype=torch.bool),
+                          torch.tensor(offsets, dtype=torch.int64),
+                          torch.tensor(truncated, dtype=torch.int64))
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"ids": self.ids, "counted": self.counted.to(torch.uint8), "offsets": self.offsets,
+                "truncated": self.truncated}
+
+    @staticmethod
+    def from_tensors(t: dict[str, torch.Tensor]) -> "TokenChunk":
+        return TokenChunk(t["ids"], t["counted"].bool(), t["offsets"], t["truncated"])
+
+    def batches(self, max_tokens: int) -> list[list[int]]:
+        return token_budget_batches(self.lengths(), max_tokens)
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches whose padded size ``B * max_len`` is at most
+    ``max_tokens``. Longest first, ties by index, so padding stays small and the result is
+    deterministic; every index appears exactly once; an example longer than the budget gets a
+    batch of its own. A length of 0 counts as 1."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    lens = []
+    for i, n in enumerate(lengths):
+        if isinstance(n, bool) or int(n) != n or n < 0:
+            raise ValueError(f"lengths[{i}] must be a non-negative int, got {n!r}")
+        lens.append(max(1, int(n)))
+    order = sorted(range(len(lens)), key=lambda i: (-lens[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Longest first: the batch's padded length is its first member's.
+        if current and (len(current) + 1) * lens[current[0]] > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(rows: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """Right-padded ``input_ids``, ``attention_mask``, ``counted``; pinned, non-blocking on CUDA."""
+    n = max(r[0].numel() for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    counted = torch.zeros((len(rows), n), dtype=torch.bool)
+    for b, (r_ids, r_counted) in enumerate(rows):
+        ids[b, : r_ids.numel()] = r_ids
+        mask[b, : r_ids.numel()] = 1
+        counted[b, : r_ids.numel()] = r_counted
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in (ids, mask, counted))
+    return ids, mask, counted
+
+
+__all__ = ["TokenChunk", "token_budget_batches", "pad_batch"]

@@ -1,0 +1,242 @@
+"""Scoring a candidate pool against task banks (SPEC 3), streamed in fixed chunks.
+
+Pass 1 streams the records once: each chunk of ``chunk_size`` examples is tokenised (or its
+cached tokens reused), its content digest taken, and the pool's document frequency counted.
+Pass 2 scores each chunk: length-sorted batches under a token budget, the base model's forward
+only, matching and pooling fused on the device; a few floats per example come back. With a
+:class:`~trim_fast.run.workdir.WorkDir` both passes persist per chunk and a killed run resumes;
+without one everything stays in memory. Under ``torchrun`` chunk ``c`` belongs to rank
+``c % world``; a chunk is batched and scored the same way whatever the number of ranks, so the
+result does not depend on the world size, nor on whether a work directory is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+from safetensors.torch import load_file
+
+from trim_fast.batching import TokenChunk, pad_batch
+from trim_fast.capture import encode_last_hidden
+from trim_fast.config import SelectionConfig
+from trim_fast.data import DataError, tokenize_example, tokenizer_digest
+from trim_fast.ops.token_match import match_and_pool
+from trim_fast.progress import Progress
+from trim_fast.run.distributed import DistContext
+from trim_fast.run.workdir import WorkDir
+from trim_fast.scoring.idf import DocumentFrequency
+
+SCORE_FIELDS = ("score", "mean", "max", "coverage")
+COUNT_FIELDS = ("n_scored", "n_matched")
+
+
+@dataclass
+class PoolScores:
+    """Per-task ``[T, P]`` scores with their parts, and per-example columns, index-aligned with
+    the pool as it was given (position ``i`` is the pool's ``i``-th example)."""
+
+    tasks: list[str]
+    score: torch.Tensor  # [T, P]; -inf where an example has no scored token
+    mean: torch.Tensor  # [T, P] idf-weighted mean token score (NaN: no scored token)
+    max: torch.Tensor  # [T, P]
+    coverage: torch.Tensor  # [T, P] share of scored tokens that have a fingerprint
+    n_scored: torch.Tensor  # [T, P]
+    n_matched: torch.Tensor  # [T, P]
+    n_tokens: torch.Tensor  # [P] tokens of the rendered example
+    n_counted: torch.Tensor  # [P] of them, counted (scope applied)
+    truncated: torch.Tensor  # [P] tokens cut by max_length
+    ids: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    families: list = field(default_factory=list)
+    tokens: int = 0  # tokens forwarded in this call (reused chunks excluded)
+    seconds_forward: float = 0.0
+    chunks_reused: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ForwardCache:
+    """Hidden states of forward batches, kept in memory (CPU) by the batch's exact token ids, so
+    scoring one pool again (other banks or pooling settings, as the evaluation's ablations do)
+    skips the forward and gives the same numbers bit for bit. For pools that fit in memory."""
+
+    def __init__(self) -> None:
+        self._hidden: dict[bytes, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._hidden)
+
+    def hidden(self, ids: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = hashlib.blake2b(ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode(),
+                              digest_size=16).digest()
+        if key not in self._hidden:
+            self._hidden[key] = compute().cpu()
+        return self._hidden[key].to(ids.device)
+
+
+def iter_chunks(examples: Iterable, chunk_size: int) -> Iterator[tuple[int, int, list]]:
+    """``(chunk index, index of its first example, examples)``."""
+    chunk: list = []
+    c, start = 0, 0
+    for ex in examples:
+        chunk.append(ex)
+        if len(chunk) == chunk_size:
+            yield c, start, chunk
+            c, start, chunk = c + 1, start + len(chunk), []
+    if chunk:
+        yield c, start, chunk
+
+
+def chunk_digest(examples: Sequence) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for ex in examples:
+        h.update(ex.digest())
+    return h.hexdigest()
+
+
+def tokenize_chunk(tokenizer, examples: Sequence, cfg: SelectionConfig) -> TokenChunk:
+    return TokenChunk.from_tokenized([tokenize_example(tokenizer, ex, scope=cfg.scope,
+                                                       max_length=cfg.max_length)
+                                      for ex in examples])
+
+
+class BatchScorer:
+    """The forward and the per-task scoring of one batch, for a method and its banks."""
+
+    def __init__(self, banks: dict, cfg: SelectionConfig, idf: torch.Tensor | None,
+                 device: torch.device):
+        self.tasks = list(banks)
+        self.tables = [banks[t].tables(device) for t in self.tasks]
+        self.cfg = cfg
+        self.idf = None if idf is None else idf.to(device)
+
+    def encode(self, model, ids, mask) -> torch.Tensor:
+        return encode_last_hidden(model, ids, mask)
+
+    def score(self, hidden, ids, counted) -> list:
+        cfg = self.cfg
+        return [match_and_pool(hidden, ids, counted, t.vectors, t.row_table, idf=self.idf,
+                               fallback=cfg.fallback, fallback_penalty=cfg.fallback_penalty,
+                               w_mean=cfg.w_mean, w_max=cfg.w_max, w_coverage=cfg.w_coverage,
+                               nearest=t.nearest)
+                for t in self.tables]
+
+
+def score_chunk(model, chunk: TokenChunk, scorer: BatchScorer, *, pad_id: int,
+                max_tokens: int, forward_cache: ForwardCache | None = None) -> dict[str, torch.Tensor]:
+    """Per-task scores of one chunk (``[T, n]`` each) and its per-example token counts."""
+    device = next(model.parameters()).device
+    n, t = len(chunk), len(scorer.tasks)
+    out = {k: torch.full((t, n), float("nan")) for k in SCORE_FIELDS}
+    out.update({k: torch.zeros((t, n), dtype=torch.int64) for k in COUNT_FIELDS})
+    for batch in chunk.batches(max_tokens):
+        ids, mask, counted = pad_batch([chunk.example(i) for i in batch], pad_id, device)
+        if forward_cache is None:
+            hidden = scorer.encode(model, ids, mask)
+        else:
+            hidden = forward_cache.hidden(ids, lambda: scorer.encode(model, ids, mask))
+        index = torch.tensor(batch, dtype=torch.long)
+        for t_i, pooled in enumerate(scorer.score(hidden, ids, counted)):
+            for k in SCORE_FIELDS:
+                out[k][t_i, index] = getattr(pooled, k).float().cpu()
+            for k in COUNT_FIELDS:
+                out[k][t_i, index] = getattr(pooled, k).to(torch.int64).cpu()
+    lengths = torch.tensor(chunk.lengths(), dtype=torch.int64)
+    out["n_tokens"] = lengths
+    out["n_counted"] = torch.bincount(chunk.example_of_token()[chunk.counted], minlength=n)
+    out["truncated"] = chunk.truncated.clone()
+    return out
+
+
+def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionConfig, *,
+               run_digest: str = "", workdir: WorkDir | None = None, ctx: DistContext | None = None,
+               progress: bool = False, forward_cache: ForwardCache | None = None) -> PoolScores:
+    """Score every example of ``records`` against ``banks`` (``{task: FingerprintBank}``) with
+    the base transformer ``model`` (eval mode). ``run_digest`` identifies what the score shards
+    depend on besides the records (model, tokenizer, banks, settings); only used with a
+    ``workdir``. Every rank gets the whole pool's scores."""
+    ctx = ctx or DistContext()
+    vocab = len(tokenizer)
+    tok_header = {"kind": "tokens", "tokenizer": tokenizer_digest(tokenizer), "scope": cfg.scope,
+                  "max_length": cfg.max_length}
+    # pass 1: stream the records; tokenise this rank's chunks (or reuse them); document frequency
+    df = DocumentFrequency(vocab)
+    columns = {"ids": [], "sources": [], "lines": [], "families": []}
+    digests: list[str] = []
+    mine: dict[int, TokenChunk | int] = {}  # in memory: the chunk; with a workdir: its size
+    with Progress(0, "tokenising", progress and ctx.is_main, unit="ex") as bar:
+        for c, start, examples in iter_chunks(records, cfg.chunk_size):
+            digests.append(chunk_digest(examples))
+            columns["ids"] += [e.id for e in examples]
+            columns["sources"] += [e.source for e in examples]
+            columns["lines"] += [e.line for e in examples]
+            columns["families"] += [e.meta.get("family", e.meta.get("task")) for e in examples]
+            if c % ctx.world == ctx.rank:
+                header = dict(tok_header, chunk=c, start=start, n=len(examples), content=digests[c])
+                cached = workdir.load(workdir.token_path(c), header) if workdir else None
+                if cached is None:
+                    chunk = tokenize_chunk(tokenizer, examples, cfg)
+                    if workdir:
+                        workdir.save(workdir.token_path(c), chunk.to_tensors(), header)
+                else:
+                    chunk = TokenChunk.from_tensors(cached)
+                df.add_chunk(chunk)
+                mine[c] = int(chunk.ids.numel()) if workdir else chunk
+            bar.update(len(examples))
+    n_examples = len(columns["ids"])
+    if n_examples == 0:
+        raise DataError("the pool is empty")
+    ctx.all_reduce_sum(df.df)
+    df.num_examples = n_examples
+    device = next(model.parameters()).device
+    scorer = BatchScorer(banks, cfg, df.idf() if cfg.idf == "pool" else None, device)
+    # pass 2: score this rank's chunks that have no valid shard yet. The pool IDF makes every
+    # shard depend on the whole pool's content, not only on its own chunk's.
+    pool_digest = hashlib.blake2b("".join(digests).encode(), digest_size=16).hexdigest()
+    score_header = {"kind": "scores", "run": run_digest, "pool_examples": n_examples,
+                    "pool": pool_digest if cfg.idf == "pool" else None}
+    shards, reused, tokens, seconds = {}, 0, 0, 0.0
+    total = sum(v if isinstance(v, int) else int(v.ids.numel()) for v in mine.values())
+    with Progress(total, "scoring" + (f" (rank {ctx.rank})" if ctx.world > 1 else ""), progress) as bar:
+        for c, held in mine.items():
+            # with a workdir the tokens were checked (or written) in pass 1: read them back
+            chunk = held if isinstance(held, TokenChunk) else \
+                TokenChunk.from_tensors(load_file(workdir.token_path(c)))
+            header = dict(score_header, chunk=c, content=digests[c])
+            shard = workdir.load(workdir.score_path(c), header) if workdir else None
+            if shard is None:
+                t0 = time.perf_counter()
+                shard = score_chunk(model, chunk, scorer, pad_id=tokenizer.pad_token_id,
+                                    max_tokens=cfg.max_tokens, forward_cache=forward_cache)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds += time.perf_counter() - t0
+                tokens += int(chunk.ids.numel())
+                if workdir:
+                    workdir.save(workdir.score_path(c), shard, header)
+            else:
+                reused += 1
+            shards[c] = shard
+            bar.update(int(chunk.ids.numel()))
+    gathered = ctx.gather_to_main((shards, tokens, seconds, reused))
+    result = None
+    if ctx.is_main:
+        all_shards = {}
+        for part in gathered:
+            all_shards.update(part[0])
+        order = sorted(all_shards)
+        cat = {k: torch.cat([all_shards[c][k] for c in order], dim=-1) for k in all_shards[order[0]]}
+        result = PoolScores(tasks=list(banks), **cat, **columns,
+                            tokens=sum(p[1] for p in gathered),
+                            seconds_forward=max(p[2] for p in gathered),
+                            chunks_reused=sum(p[3] for p in gathered))
+    return ctx.broadcast_from_main(result)
+
+
+__all__ = ["PoolScores", "ForwardCache", "BatchScorer", "score_pool", "score_chunk",
+           "iter_chunks", "chunk_digest", "tokenize_chunk"]
