@@ -1,6 +1,12 @@
-"""Stage 1 of the pipeline: reading examples and rendering them to counted tokens."""
-from trim_fast.data.formats import DataError, Example, load_examples, read_examples
-from trim_fast.data.render import SCOPES, Tokenized, tokenize_example, tokenizer_fingerprint
+"""Stage 1 of the pipeline: reading records (sources, shapes) and rendering them to counted tokens."""
+from trim_fast.data.formats import (
+    FORMATS, DataError, Example, detect_format, load_examples, read_examples, record_to_example)
+from trim_fast.data.render import (
+    SCOPES, Tokenized, render_messages, tokenize_example, tokenizer_digest, tokenizer_fingerprint)
+from trim_fast.data.sources import Records, open_records
 
-__all__ = ["DataError", "Example", "load_examples", "read_examples", "SCOPES", "Tokenized",
-           "tokenize_example", "tokenizer_fingerprint"]
+__all__ = ["FORMATS", "DataError", "Example", "detect_format", "record_to_example", "open_records",
+           "Records", "SCOPES", "Tokenized", "render_messages", "tokenize_example",
+           "tokenizer_digest",
+           # deprecated wrappers, kept for current callers
+           "load_examples", "read_examples", "tokenizer_fingerprint"]
