@@ -3,7 +3,7 @@ import gzip
 import json
 import logging
 import math
-import os
+import pathlib
 
 import pytest
 
@@ -392,4 +392,4 @@ def test_source_is_the_path_as_given(tmp_path, monkeypatch):
     _write(tmp_path / "p.jsonl", CHATS[:1])
     assert [e.source for e in open_records("p.jsonl")] == ["p.jsonl"]
     assert [e.source for e in open_records("./p.jsonl")] == ["./p.jsonl"]
-    assert os.path.exists("p.jsonl")
+    assert [e.source for e in open_records(pathlib.Path("p.jsonl"))] == ["p.jsonl"]

@@ -186,8 +186,8 @@ def detect_format(record: dict[str, Any]) -> str | None:
 
 
 def unknown_format_message(record: dict[str, Any]) -> str:
-    return ("unknown format (record shape): expected one of the fields 'messages', 'conversations', "
-            "'instruction'+'output', 'prompt'+'completion', 'input_ids' or 'text' "
+    return ("unknown format (record shape): expected one of the fields 'messages', "
+            "'conversations', 'instruction'+'output', 'prompt'+'completion', 'input_ids' or 'text' "
             f"(or pass format= / to_messages=); got {sorted(map(str, record))[:8]}")
 
 
@@ -248,7 +248,8 @@ def _parse_json_text(value: str, where: str, what: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: {what} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{where}: {what} is not valid JSON ({exc.msg} at column "
+                        f"{exc.colno})") from None
 
 
 def _tool_call(call: Any, where: str, what: str) -> dict[str, Any]:
@@ -338,10 +339,9 @@ def _chat_messages(turns: Any, where: str, key: str) -> list[dict[str, Any]]:
                                _content_text(content, where, f"'content' of {what}")}
         if calls:
             msg["tool_calls"] = calls
-        if role == "tool":
-            for k in ("tool_call_id", "name"):
-                if isinstance(turn.get(k), str):
-                    msg[k] = turn[k]
+        for k in ("tool_call_id", "name"):  # a tool result's call id; a participant's name
+            if isinstance(turn.get(k), str):
+                msg[k] = turn[k]
         messages.append(msg)
     return messages
 
@@ -443,7 +443,8 @@ def _token_rows(record: dict, where: str) -> tuple[list[int], list[bool]]:
     else:
         key, counted = None, [True] * len(ids)
     if len(counted) != len(ids):
-        raise DataError(f"{where}: '{key}' has {len(counted)} entries but 'input_ids' has {len(ids)}")
+        raise DataError(f"{where}: '{key}' has {len(counted)} entries but 'input_ids' has "
+                        f"{len(ids)}")
     if record.get("attention_mask") is not None:
         att = _int_list(record["attention_mask"], where, "attention_mask")
         if len(att) != len(ids):

@@ -236,8 +236,9 @@ def render_messages(tokenizer, messages: list[dict[str, Any]], scope: str,
     """The rendered text and the character spans of what counts under ``scope``."""
     turns = _turns(messages)
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    if tools and (not has_template or _apply(tokenizer, turns, tools) == _apply(tokenizer, turns, None)):
-        turns, tools = _inline_tools(turns, tools), None
+    if tools and (not has_template
+                  or _apply(tokenizer, turns, tools) == _apply(tokenizer, turns, None)):
+        turns, tools = _inline_tools(turns, tools), None  # the template ignores them
     templated, regions = None, []
     if any(t.message.get("tool_calls") for t in turns):
         if has_template:

@@ -7,9 +7,10 @@ iteration streams from the start:
 
 - JSONL line by line (also ``.jsonl.gz``, ``.jsonl.zst`` and the same for ``.json``), read as
   bytes so a non-UTF-8 byte is reported with its line and offset;
-- a ``.json`` file holding a JSON array is the one input loaded whole into memory (JSON has no
-  way to stream an array's elements without a streaming parser); a ``.json`` file of JSON Lines
-  streams like ``.jsonl``;
+- a ``.json`` file holding a JSON array is the one input loaded whole into memory (the json
+  module cannot stream an array's elements); its records are numbered by position in the array
+  (``Example.line`` is the element's 1-based index, a JSON syntax error gives the text line); a
+  ``.json`` file of JSON Lines streams like ``.jsonl``;
 - Parquet by record batches;
 - ``datasets`` (a ``save_to_disk`` folder, a ``Dataset``/``IterableDataset`` object, a hub
   dataset streamed with ``streaming=True``) by iteration.
@@ -117,7 +118,7 @@ class _JsonFile(_Reader):
         if self.kind != "json":
             return False
         with _open_binary(self.name, self.compression) as f:
-            head = f.read(4096).lstrip(_BOM).lstrip()
+            head = f.read(4096).removeprefix(_BOM).lstrip()
             while not head:  # whitespace longer than the first read
                 chunk = f.read(4096)
                 if not chunk:
@@ -168,7 +169,7 @@ class _JsonFile(_Reader):
     def _array_rows(self):
         with _open_binary(self.name, self.compression) as f:
             data = f.read()  # a JSON array cannot be streamed with the json module
-        data = data[len(_BOM):] if data.startswith(_BOM) else data
+        data = data.removeprefix(_BOM)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -199,7 +200,7 @@ def _refuse_wrong_suffix(path: str) -> None:
         raise DataError(f"{path}: cannot read the file: {exc}") from exc
     for magic, (what, suffix) in _MAGIC.items():
         if head.startswith(magic):
-            base = path[: -len(".jsonl")] if path.lower().endswith(".jsonl") else path[: -len(".json")]
+            base = path[: path.lower().rindex(".json")]
             right = path + suffix if suffix else base + ".parquet"
             raise DataError(f"{path}: looks {what}; name it {os.path.basename(right)}")
 
@@ -209,7 +210,7 @@ class _ParquetFile(_Reader):
 
     def __init__(self, path: str):
         self.name = path
-        self._open()  # fail early on a file that is not Parquet
+        self._open().close()  # fail early on a file that is not Parquet
 
     def _open(self):
         import pyarrow.parquet as pq
@@ -230,6 +231,8 @@ class _ParquetFile(_Reader):
                     yield row, record, None
         except OSError as exc:
             raise DataError(f"{self.name}: cannot read row {row + 1}: {exc}") from exc
+        finally:
+            pf.close()
 
 
 def _dataset_rows(ds) -> Iterator[dict]:
@@ -405,7 +408,8 @@ def _path_readers(path: str, split: str | None) -> list[_Reader]:
     return [_file_reader(path)]
 
 
-def _string_readers(name: str, split: str | None, subset: str | None) -> tuple[list[_Reader], str | None]:
+def _string_readers(name: str, split: str | None,
+                    subset: str | None) -> tuple[list[_Reader], str | None]:
     """Readers for a path, a glob or a hub id; also the glob pattern when it was one."""
     expanded = os.path.expanduser(name)
     if os.path.exists(expanded):
@@ -485,7 +489,7 @@ class Records:
                     return
 
     def _first_place(self, rid: str, before: int) -> str | None:
-        for pos, ex in enumerate(self._iter(before - 1)):
+        for ex in self._iter(before - 1):
             if ex.id == rid:
                 return f"{ex.source}:{ex.line}"
         return None
