@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from trim_fast.data import load_examples
+from trim_fast.data import open_records
 from trim_fast.demo.generate import FAMILIES, generate
 from trim_fast.run.files import atomic_open
 from trim_fast.run.outputs import ensure_out_dir
@@ -14,12 +14,12 @@ def test_demo_data_is_deterministic_labelled_and_held_out(tmp_path):
     b = generate(str(tmp_path / "b"), pool_size=120, targets_per_family=5, seed=3)
     for pa, pb in zip(a["pool"], b["pool"]):
         assert open(pa, "rb").read() == open(pb, "rb").read()
-    pool = load_examples(a["pool"])
+    pool = list(open_records(a["pool"]))
     assert len(pool) == 120 and {e.format for e in pool} == {"messages", "alpaca"}
     assert set(a["family_counts"]) == set(FAMILIES) and min(a["family_counts"].values()) == 20
     pool_texts = {json.dumps(e.messages) for e in pool}
     for fam, path in a["targets"].items():
-        targets = load_examples([path])
+        targets = list(open_records(path))
         assert len(targets) == 5 and {t.meta["family"] for t in targets} == {fam}
         assert not any(json.dumps(t.messages) in pool_texts for t in targets)
 

@@ -6,8 +6,7 @@ import random
 import pytest
 import torch
 
-from trim_fast.data import tokenize_example
-from trim_fast.data.formats import to_example
+from trim_fast.data import record_to_example, tokenize_example
 from trim_fast.demo.generate import FAMILIES, make_example
 from trim_fast.models.tiny import tiny_config
 from trim_fast.config import WarmupConfig
@@ -32,7 +31,7 @@ def chat_examples(n, seed=0):
         q, a = make_example(FAMILIES[i % len(FAMILIES)], rng)
         rec = {"id": f"ex-{i}", "messages": [{"role": "user", "content": q},
                                             {"role": "assistant", "content": a}]}
-        out.append(to_example(rec, "messages", "mem.jsonl", i + 1))
+        out.append(record_to_example(rec, "messages", source="mem.jsonl", line=i + 1))
     return out
 
 
@@ -91,8 +90,8 @@ def test_empty_pool_is_refused(smollm_tokenizer):
 
 
 def test_subset_without_response_tokens_is_refused(smollm_tokenizer, tmp_path):
-    prompts_only = [to_example({"id": f"p{i}", "messages": [{"role": "user", "content": f"hello {i}"}]},
-                               "messages", "mem.jsonl", i + 1) for i in range(4)]
+    prompts_only = [record_to_example({"id": f"p{i}", "messages": [{"role": "user", "content": f"hello {i}"}]},
+                                      "messages", source="mem.jsonl", line=i + 1) for i in range(4)]
     with pytest.raises(ValueError, match="no response token"):
         run_warmup(tiny_lm(), prompts_only, smollm_tokenizer, WarmupConfig(**FAST), str(tmp_path),
                    progress=False)

@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from trim_fast.data.render import SCOPES
 from trim_fast.types import FALLBACKS
 
-SCOPES = ("all", "response", "prompt")
 METHODS = ("paper",)
 SALIENCY_BACKENDS = ("auto", "triton", "cpu", "torch", "eager")
 IDF_MODES = ("pool", "none")

@@ -1,7 +1,8 @@
-"""Stage 1 of the pipeline: reading records and rendering them to counted tokens."""
-from trim_fast.data.formats import DataError, Example, load_examples, read_examples
-from trim_fast.data.render import SCOPES, Tokenized, tokenize_example, tokenizer_digest
+"""Stage 1 of the pipeline: reading records (sources, shapes) and rendering them to counted tokens."""
+from trim_fast.data.formats import FORMATS, DataError, Example, detect_format, record_to_example
+from trim_fast.data.render import SCOPES, Tokenized, render_messages, tokenize_example, tokenizer_digest
 from trim_fast.data.sources import Records, open_records
 
-__all__ = ["DataError", "Example", "load_examples", "open_records", "read_examples", "Records",
-           "SCOPES", "Tokenized", "tokenize_example", "tokenizer_digest"]
+__all__ = ["FORMATS", "DataError", "Example", "detect_format", "record_to_example", "open_records",
+           "Records", "SCOPES", "Tokenized", "render_messages", "tokenize_example",
+           "tokenizer_digest"]

@@ -1,25 +1,59 @@
 """Rendering an example to token ids and the mask of tokens that count (SPEC section 0).
 
-Chats go through the tokenizer's chat template. To know which characters are a message's own
-content (and not template text: role headers, separators, a default system prompt the template
-inserts), the template is rendered once with a unique sentinel in place of each content; the real
-contents are then put back where the sentinels landed, which gives their exact character spans.
-Tokens whose characters overlap a counted span, and that are not special tokens, count.
+Chats go through the tokenizer's chat template (``apply_chat_template(messages, tools=...)``).
+To know which characters are a message's own content (and not template text: role headers,
+separators, a default system prompt the template inserts), the template is rendered with a
+unique sentinel in place of each non-empty content; the real contents are then put back where the
+sentinels landed, which gives their exact character spans. Tokens whose characters overlap a
+counted span, and that are not special tokens, count.
+
+Scopes: ``all`` counts every turn's content; ``response`` the assistant turns, including their
+tool calls; ``prompt`` everything else (system, user, tool results).
+
+Tools and tool calls. Whether a template renders them is checked per example, by rendering with
+and without them:
+
+- tool calls the template renders: the template is rendered a second time with markers in
+  place of each call's name and arguments; where the two renderings differ (between the same
+  content sentinels) is the calls' text, from the first call's name to the end of the last
+  call's arguments, and it counts with the assistant turn. Template text inside that range
+  (``", "arguments": ``, or between two calls of one turn) counts with it; wrappers outside it
+  (``<tool_call>`` tags) and the closing punctuation shared with the markers do not.
+- tool calls the template ignores (e.g. SmolLM2's template), or renders without their name or
+  arguments, or only by dropping the turn's content: each call is written as one line of JSON
+  ``{"name": ..., "arguments": ...}`` appended to its assistant turn's content (after a
+  newline), so nothing is dropped; it counts as that turn's content.
+- the record's ``tools`` (schemas) are context, not content: they are run through the model but
+  never count, in any scope. A template that renders them gets them with ``tools=``; when it
+  ignores them they are written as ``Tools:`` and one JSON line per tool at the end of the
+  first system turn (a new system turn first when there is none).
 
 Without a chat template (e.g. BERT), the documented fallback template is::
 
-    ### User:\\n{content}\\n\\n### Assistant:\\n{content}\\n\\n   (System, User, Assistant)
+    ### User:\\n{content}\\n\\n### Assistant:\\n{content}\\n\\n   (System, User, Assistant, Tool)
+
+with tool calls and tools written as JSON as above.
+
+Pre-tokenized examples are not rendered: their ids are used as given, a token counts when the
+row's mask says so and it is not a special token, and ``max_length`` truncates as for others.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Any
 
 from trim_fast.data.formats import DataError, Example
 
 SCOPES = ("all", "response", "prompt")
 _SENTINEL = "\u2063TRIMFAST{}\u2063"  # invisible separator: never in real text by accident
+_SENTINEL_RE = re.compile("\u2063TRIMFAST(\\d+)\u2063")
+_CALL_NAME = "\u2063TRIMCALL{}\u2063"  # stands for a tool call's name when probing the template
+_CALL_ARGS = "\u2063TRIMARGS{}\u2063"  # ... and for its arguments
+_MARKER = "\u2063TRIM"
 
 
 @dataclass
@@ -31,7 +65,22 @@ class Tokenized:
     truncated: int = 0  # tokens cut by max_length
 
 
-def fallback_template(messages: list[dict[str, str]]) -> str:
+@dataclass
+class _Turn:
+    """One message as the template sees it, and the text pieces that fill its content."""
+
+    message: dict[str, Any]  # role, tool_calls, name, tool_call_id: everything but content
+    parts: list[tuple[str, bool]] = field(default_factory=list)  # (text, is the record's content)
+
+    @property
+    def role(self) -> str:
+        return self.message["role"]
+
+    def has_text(self) -> bool:
+        return any(text for text, _ in self.parts)
+
+
+def fallback_template(messages: list[dict[str, Any]]) -> str:
     return "".join(f"### {m['role'].capitalize()}:\n{m['content']}\n\n" for m in messages)
 
 
@@ -43,55 +92,226 @@ def _role_counts(role: str, scope: str) -> bool:
     return role != "assistant"
 
 
-def render_messages(tokenizer, messages: list[dict[str, str]], scope: str) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans of the contents that count under ``scope``."""
-    placeholders = [dict(m, content=_SENTINEL.format(i)) for i, m in enumerate(messages)]
-    if getattr(tokenizer, "chat_template", None):
-        templated = tokenizer.apply_chat_template(placeholders, tokenize=False)
-    else:
-        templated = fallback_template(placeholders)
-    text_parts, spans, cursor = [], [], 0
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _turns(messages: list[dict[str, Any]]) -> list[_Turn]:
+    turns = []
     for i, m in enumerate(messages):
-        marker = _SENTINEL.format(i)
-        at = templated.find(marker, cursor)
-        if at < 0:
-            raise DataError(f"the chat template dropped or rewrote message {i} ({m['role']}); "
-                            "cannot locate its content")
-        text_parts.append(templated[cursor:at])
-        start = sum(len(p) for p in text_parts)
-        text_parts.append(m["content"])
-        if _role_counts(m["role"], scope):
-            spans.append((start, start + len(m["content"])))
-        cursor = at + len(marker)
-    text_parts.append(templated[cursor:])
-    return "".join(text_parts), spans
+        content = m.get("content") or ""
+        if _MARKER in content:
+            raise DataError(f"message {i} contains trim_fast's internal marker {_MARKER!r}")
+        turns.append(_Turn({k: v for k, v in m.items() if k != "content"}, [(content, True)]))
+    return turns
+
+
+def _probe_calls(calls: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+    """The calls with their names and arguments replaced by markers numbered from ``first``."""
+    return [dict(c, function={"name": _CALL_NAME.format(first + j),
+                              "arguments": {_CALL_ARGS.format(first + j): ""}})
+            for j, c in enumerate(calls)]
+
+
+def _apply(tokenizer, turns: list[_Turn], tools: list | None, *, probe: bool = False) -> str:
+    """The rendered template with a sentinel for each non-empty content (and, with ``probe``,
+    markers for the tool calls' names and arguments)."""
+    msgs, n_calls = [], 0
+    for i, t in enumerate(turns):
+        m = dict(t.message, content=_SENTINEL.format(i) if t.has_text() else "")
+        if probe and m.get("tool_calls"):
+            m["tool_calls"] = _probe_calls(m["tool_calls"], n_calls)
+            n_calls += len(m["tool_calls"])
+        msgs.append(m)
+    if not getattr(tokenizer, "chat_template", None):
+        return fallback_template(msgs)
+    try:
+        return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False)
+    except Exception as exc:  # noqa: BLE001 - jinja raises what the template raises
+        raise DataError(f"the chat template cannot render this record: {type(exc).__name__}: "
+                        f"{exc}") from exc
+
+
+def _inline_tools(turns: list[_Turn], tools: list) -> list[_Turn]:
+    text = "Tools:\n" + "\n".join(_json(t) for t in tools)
+    if turns and turns[0].role == "system":
+        first = turns[0]
+        sep = "\n\n" if first.has_text() else ""
+        return [_Turn(first.message, first.parts + [(sep + text, False)])] + turns[1:]
+    return [_Turn({"role": "system"}, [(text, False)])] + turns
+
+
+def _inline_calls(turns: list[_Turn]) -> list[_Turn]:
+    out = []
+    for t in turns:
+        calls = t.message.get("tool_calls")
+        if not calls:
+            out.append(t)
+            continue
+        parts = list(t.parts)
+        for call in calls:
+            fn = call.get("function", call)
+            text = _json({"name": fn.get("name"), "arguments": fn.get("arguments")})
+            parts.append((("\n" if any(p for p, _ in parts) else "") + text, True))
+        out.append(_Turn({k: v for k, v in t.message.items() if k != "tool_calls"}, parts))
+    return out
+
+
+def _split(templated: str) -> tuple[list[str], list[int]]:
+    """Segments between sentinels, and the sentinels' message indices."""
+    pieces = _SENTINEL_RE.split(templated)
+    return pieces[0::2], [int(x) for x in pieces[1::2]]
+
+
+def _call_regions(real: str, probe: str, turns: list[_Turn]) -> list[tuple[int, int]] | None:
+    """Character ranges of ``real`` that hold the tool calls, from the first call's name to
+    the last one's arguments between two contents; ``None`` when the template does not render
+    every call's name and arguments, or drops a content beside them."""
+    n_calls = sum(len(t.message.get("tool_calls") or ()) for t in turns)
+    if not all(_CALL_NAME.format(j) in probe and _CALL_ARGS.format(j) in probe
+               for j in range(n_calls)):
+        return None
+    seg_a, ids_a = _split(real)
+    seg_b, ids_b = _split(probe)
+    if ids_a != ids_b or ids_a != [i for i, t in enumerate(turns) if t.has_text()]:
+        return None
+    regions, pos = [], 0
+    for k, (a, b) in enumerate(zip(seg_a, seg_b)):
+        if a != b:
+            p = 0
+            while p < min(len(a), len(b)) and a[p] == b[p]:
+                p += 1
+            s = 0
+            while s < min(len(a), len(b)) - p and a[-1 - s] == b[-1 - s]:
+                s += 1
+            if len(a) - s > p:
+                regions.append((pos + p, pos + len(a) - s))
+        pos += len(a)
+        if k < len(ids_a):
+            pos += len(_SENTINEL.format(ids_a[k]))
+    return regions
+
+
+def _fill(templated: str, turns: list[_Turn], call_regions: list[tuple[int, int]],
+          scope: str) -> tuple[str, list[tuple[int, int]]]:
+    """Put the contents back in place of the sentinels; spans of what counts under scope."""
+    expected = [i for i, t in enumerate(turns) if t.has_text()]
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = cursor = 0
+    shifts: list[tuple[int, int]] = [(0, 0)]  # (position in templated, shift to output)
+    found = []
+    for m in _SENTINEL_RE.finditer(templated):
+        i = int(m.group(1))
+        found.append(i)
+        if found != expected[:len(found)]:
+            missing = next((j for j in expected if j not in found[:-1]), i)
+            raise DataError(f"the chat template dropped or rewrote message {missing} "
+                            f"({turns[missing].role}); cannot locate its content")
+        out.append(templated[cursor:m.start()])
+        length += m.start() - cursor
+        for text, is_content in turns[i].parts:
+            if is_content and text and _role_counts(turns[i].role, scope):
+                spans.append((length, length + len(text)))
+            out.append(text)
+            length += len(text)
+        cursor = m.end()
+        shifts.append((cursor, length - cursor))
+    if found != expected:
+        missing = next(j for j in expected if j not in found)
+        raise DataError(f"the chat template dropped or rewrote message {missing} "
+                        f"({turns[missing].role}); cannot locate its content")
+    out.append(templated[cursor:])
+    if call_regions and _role_counts("assistant", scope):
+        starts = [s for s, _ in shifts]
+        for a, b in call_regions:
+            shift = shifts[bisect_right(starts, a) - 1][1]
+            spans.append((a + shift, b + shift))
+        spans.sort()
+    return "".join(out), spans
+
+
+def render_messages(tokenizer, messages: list[dict[str, Any]], scope: str,
+                    tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of what counts under ``scope``."""
+    turns = _turns(messages)
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if tools and (not has_template
+                  or _apply(tokenizer, turns, tools) == _apply(tokenizer, turns, None)):
+        turns, tools = _inline_tools(turns, tools), None  # the template ignores them
+    templated, regions = None, []
+    if any(t.message.get("tool_calls") for t in turns):
+        if has_template:
+            real = _apply(tokenizer, turns, tools)
+            try:
+                regions = _call_regions(real, _apply(tokenizer, turns, tools, probe=True), turns)
+            except DataError:  # the template takes the real calls but not the probe's
+                regions = None
+            if regions:
+                templated = real
+        if not regions:  # not rendered, or not whole, or instead of the content: write as JSON
+            turns, regions = _inline_calls(turns), []
+    if templated is None:
+        templated = _apply(tokenizer, turns, tools)
+    return _fill(templated, turns, regions, scope)
 
 
 def tokenize_example(tokenizer, example: Example, *, scope: str = "all",
                      max_length: int | None = None) -> Tokenized:
-    """Ids and counted mask of one example; plain text counts every non-special token in any scope."""
+    """Ids and counted mask of one example.
+
+    Plain text and pre-tokenized rows count every non-special token (the row's own mask applied)
+    in any scope. A record the template or the tokenizer cannot take is a :class:`DataError`
+    naming its source and line.
+    """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    where = f"{example.source}:{example.line}"
     special = set(tokenizer.all_special_ids)
-    if example.messages is not None:
-        text, spans = render_messages(tokenizer, example.messages, scope)
+    if example.tokens is not None:
+        ids, given = example.tokens
+        size = len(tokenizer)
+        bad = next((t for t in ids if not 0 <= t < size), None)
+        if bad is not None:
+            raise DataError(f"{where}: token id {bad} is outside the tokenizer's vocabulary "
+                            f"(size {size}); were these ids made with another tokenizer?")
+        ids = list(ids)
+        counted = [g and tid not in special for tid, g in zip(ids, given)]
+    elif example.messages is not None:
+        try:
+            text, spans = render_messages(tokenizer, example.messages, scope, example.tools)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from exc
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer: counting message "
                              "tokens needs character offsets, which only fast tokenizers give")
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = _encode(tokenizer, text, where, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         counted = [
             tid not in special and b > a and any(a < e and b > s for s, e in spans)
             for tid, (a, b) in zip(ids, enc["offset_mapping"])
         ]
     else:
-        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+        ids = _encode(tokenizer, example.text, where, add_special_tokens=True)["input_ids"]
         counted = [tid not in special for tid in ids]
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
         ids, counted = ids[:max_length], counted[:max_length]
     return Tokenized(ids=list(ids), counted=counted, truncated=truncated)
+
+
+def _encode(tokenizer, text: str, where: str, **kwargs):
+    try:
+        return tokenizer(text, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the Rust tokenizer raises TypeError for bad text
+        problem = f"{type(exc).__name__}: {exc}"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as enc:
+            problem = (f"it holds {text[enc.start]!r}, a lone surrogate that is not valid "
+                       "Unicode text")
+        raise DataError(f"{where}: the tokenizer cannot take this record: {problem}") from exc
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -104,4 +324,3 @@ def tokenizer_digest(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-tokenizer_fingerprint = tokenizer_digest

@@ -1,57 +1,647 @@
-"""INTERIM (replaced by the data branch): minimal open_records."""
+"""Where records come from: files, shards, ``datasets`` folders and objects, the hub, lists.
+
+:func:`open_records` resolves a source (or a list of them) into a :class:`Records`: a
+re-iterable, streaming sequence of :class:`~trim_fast.data.formats.Example`. Resolving checks
+that files exist and have a supported type; records are read only when iterated, and every
+iteration streams from the start:
+
+- JSONL line by line (also ``.jsonl.gz``, ``.jsonl.zst`` and the same for ``.json``), read as
+  bytes so a non-UTF-8 byte is reported with its line and offset;
+- a ``.json`` file holding a JSON array is the one input loaded whole into memory (the json
+  module cannot stream an array's elements); its records are numbered by position in the array
+  (``Example.line`` is the element's 1-based index, a JSON syntax error gives the text line); a
+  ``.json`` file of JSON Lines streams like ``.jsonl``;
+- Parquet by record batches;
+- ``datasets`` (a ``save_to_disk`` folder, a ``Dataset``/``IterableDataset`` object, a hub
+  dataset streamed with ``streaming=True``) by iteration.
+
+The network is used only when a hub dataset id is named, and a WARNING on logger
+``trim_fast.data`` says so before the first request. A name that looks like a path (starts with
+``./``, ``../``, ``/`` or ``~``, has a data-file extension, or whose first component is an
+existing local directory) and does not exist is "no such file", never a hub request.
+"""
 from __future__ import annotations
 
-from trim_fast.data.formats import DataError, Example, detect_format, read_examples, to_example
+import glob as globlib
+import gzip
+import io
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
 
+from trim_fast.data.formats import (
+    CUSTOM_FORMAT, FORMATS, DataError, Example, ToMessages, detect_format, line_digest,
+    record_to_example, unknown_format_message)
+
+log = logging.getLogger("trim_fast.data")
+
+# suffix (lower case) -> (reader kind, compression)
+_FILE_TYPES = {
+    ".jsonl": ("jsonl", None), ".json": ("json", None), ".parquet": ("parquet", None),
+    ".jsonl.gz": ("jsonl", "gzip"), ".json.gz": ("json", "gzip"),
+    ".jsonl.zst": ("jsonl", "zstd"), ".json.zst": ("json", "zstd"),
+}
+SUPPORTED_FILES = tuple(_FILE_TYPES)
+# extensions that make a missing name a missing file rather than a hub id
+_PATH_EXTENSIONS = {".jsonl", ".json", ".parquet", ".gz", ".zst", ".csv", ".tsv", ".txt",
+                    ".arrow", ".ndjson", ".pq", ".bz2", ".xz", ".zip", ".tar"}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
+_MAGIC = {b"\x1f\x8b": ("gzip-compressed", ".gz"), b"\x28\xb5\x2f\xfd": ("zstd-compressed", ".zst"),
+          b"PAR1": ("a Parquet file", None)}
+_BOM = b"\xef\xbb\xbf"
+_BATCH = 1024
+
+
+def _supported() -> str:
+    return (", ".join(SUPPORTED_FILES) + ", a glob of those, a datasets save_to_disk folder or "
+            "a hub dataset id")
+
+
+# ----------------------------------------------------------------------------- readers
+# A reader is one unit with a display name; rows() yields (line_or_row, record, digest | None).
+
+class _Reader:
+    kind = ""
+    name = ""  # Example.source
+    split: str | None = None
+    subset: str | None = None
+    container = "source"  # word used in "record is not in the <container>'s format"
+
+    def rows(self) -> Iterator[tuple[int, Any, bytes | None]]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.name, "split": self.split, "subset": self.subset}
+
+
+def _open_binary(path: str, compression: str | None):
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "zstd":
+        import zstandard
+
+        fh = open(path, "rb")
+        # read_across_frames: a .zst made of several frames (e.g. concatenated shards) is one file
+        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True,
+                                                           closefd=True)
+        return io.BufferedReader(reader)
+    return open(path, "rb")
+
+
+def _read_errors(compression: str | None) -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, EOFError]  # gzip.BadGzipFile is an OSError
+    if compression == "zstd":
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    return tuple(errors)
+
+
+class _JsonFile(_Reader):
+    """JSONL, or a ``.json`` file holding either a JSON array or JSON Lines."""
+
+    container = "file"
+
+    def __init__(self, path: str, kind: str, compression: str | None):
+        self.name, self.kind, self.compression = path, kind, compression
+        if compression is None:
+            _refuse_wrong_suffix(path)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(super().describe(), compression=self.compression)
+
+    def _is_array(self) -> bool:
+        if self.kind != "json":
+            return False
+        with _open_binary(self.name, self.compression) as f:
+            head = f.read(4096).removeprefix(_BOM).lstrip()
+            while not head:  # whitespace longer than the first read
+                chunk = f.read(4096)
+                if not chunk:
+                    return False
+                head = chunk.lstrip()
+        return head[:1] == b"["
+
+    def rows(self):
+        errors = _read_errors(self.compression)
+        try:
+            if self._is_array():
+                yield from self._array_rows()
+            else:
+                yield from self._line_rows()
+        except errors as exc:
+            raise DataError(f"{self.name}: cannot read the file ({self.compression or 'plain'}): "
+                            f"{exc}") from exc
+
+    def _line_rows(self):
+        where_bytes = "of the decompressed text" if self.compression else "of the file"
+        with _open_binary(self.name, self.compression) as f:
+            offset = 0
+            for line_no, raw in enumerate(f, start=1):
+                body = raw.rstrip(b"\r\n")
+                if line_no == 1 and body.startswith(_BOM):
+                    body, start = body[len(_BOM):], len(_BOM)
+                else:
+                    start = 0
+                if body.strip():
+                    try:
+                        text = body.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise DataError(
+                            f"{self.name}:{line_no}: not UTF-8 text: byte 0x{body[exc.start]:02x} "
+                            f"at byte {exc.start + start} of the line (byte "
+                            f"{offset + start + exc.start} {where_bytes}); save the file as "
+                            "UTF-8") from None
+                    try:
+                        record = json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        hint = (" (a .json file must hold a JSON array of records or one record "
+                                "per line)" if self.kind == "json" else "")
+                        raise DataError(f"{self.name}:{line_no}: malformed JSON ({exc.msg} at "
+                                        f"column {exc.colno}){hint}") from None
+                    yield line_no, record, line_digest(body)
+                offset += len(raw)
+
+    def _array_rows(self):
+        with _open_binary(self.name, self.compression) as f:
+            data = f.read()  # a JSON array cannot be streamed with the json module
+        data = data.removeprefix(_BOM)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1)
+            raise DataError(f"{self.name}:{line}: not UTF-8 text: byte 0x{data[exc.start]:02x} at "
+                            f"byte {col} of the line (byte {exc.start} of the file); save the "
+                            "file as UTF-8") from None
+        del data
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{self.name}:{exc.lineno}: malformed JSON ({exc.msg} at column "
+                            f"{exc.colno})") from None
+        if not isinstance(records, list):
+            raise DataError(f"{self.name}: a .json file must hold a JSON array of records or "
+                            "one record per line")
+        for row, record in enumerate(records, start=1):
+            yield row, record, None
+
+
+def _refuse_wrong_suffix(path: str) -> None:
+    """A compressed or Parquet file named .jsonl/.json is refused with the name it needs."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file: {exc}") from exc
+    for magic, (what, suffix) in _MAGIC.items():
+        if head.startswith(magic):
+            base = path[: path.lower().rindex(".json")]
+            right = path + suffix if suffix else base + ".parquet"
+            raise DataError(f"{path}: looks {what}; name it {os.path.basename(right)}")
+
+
+class _ParquetFile(_Reader):
+    kind, container = "parquet", "file"
+
+    def __init__(self, path: str):
+        self.name = path
+        self._open().close()  # fail early on a file that is not Parquet
+
+    def _open(self):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.name)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+            raise DataError(f"{self.name}: not a readable Parquet file ({exc})") from exc
+
+    def rows(self):
+        pf = self._open()
+        row = 0
+        try:
+            for batch in pf.iter_batches(batch_size=_BATCH):
+                # to_pylist keeps bytes as bytes and NaN as float NaN: raw stays as given
+                for record in batch.to_pylist():
+                    row += 1
+                    yield row, record, None
+        except OSError as exc:
+            raise DataError(f"{self.name}: cannot read row {row + 1}: {exc}") from exc
+        finally:
+            pf.close()
+
+
+def _dataset_rows(ds) -> Iterator[dict]:
+    """Rows of a datasets object: map-style by Arrow batches (fast), iterable by iteration."""
+    import datasets
+
+    if isinstance(ds, datasets.Dataset):
+        for table in ds.with_format("arrow").iter(batch_size=_BATCH):
+            yield from table.to_pylist()
+    else:
+        yield from ds
+
+
+def _pick_split(obj, split: str | None, name: str):
+    import datasets
+
+    if isinstance(obj, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split is None:
+            raise DataError(f"{name}: holds several splits ({', '.join(obj)}); pass split=")
+        if split not in obj:
+            raise DataError(f"{name}: no split {split!r}; it has {', '.join(obj)}")
+        return obj[split]
+    return obj
+
+
+class _DiskDataset(_Reader):
+    kind = "disk"
+
+    def __init__(self, path: str, split: str | None):
+        self.name, self.split = path, split
+        self._ds = None
+
+    def dataset(self):
+        if self._ds is None:
+            import datasets
+
+            try:
+                loaded = datasets.load_from_disk(self.name)
+            except Exception as exc:  # noqa: BLE001 - datasets raises many types
+                raise DataError(f"{self.name}: cannot load the save_to_disk folder: {exc}") from exc
+            self._ds = _pick_split(loaded, self.split, self.name)
+        return self._ds
+
+    def rows(self):
+        for row, record in enumerate(_dataset_rows(self.dataset()), start=1):
+            yield row, record, None
+
+
+class _HubDataset(_Reader):
+    kind = "hub"
+
+    def __init__(self, name: str, split: str | None, subset: str | None):
+        if split is None:  # refuse before any request
+            raise DataError(f"{name}: a hub dataset needs split= (e.g. 'train')")
+        self.name, self.split, self.subset = name, split, subset
+        self._ds = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "split": self.split, "subset": self.subset}
+
+    def rows(self):
+        import datasets
+
+        if self._ds is None:
+            log.warning("using the network: streaming split %r%s of the Hugging Face hub dataset "
+                        "%r", self.split, f" (subset {self.subset!r})" if self.subset else "",
+                        self.name)
+            try:
+                self._ds = datasets.load_dataset(self.name, self.subset, split=self.split,
+                                                 streaming=True)
+            except Exception as exc:  # noqa: BLE001 - network, auth, not found, ...
+                raise DataError(f"{self.name}: cannot open the hub dataset (split {self.split!r}"
+                                f", subset {self.subset!r}): {type(exc).__name__}: {exc}") from exc
+        it = iter(self._ds)
+        row = 0
+        while True:
+            try:
+                record = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - a stream can fail mid-way
+                raise DataError(f"{self.name}: reading the hub dataset failed at row {row + 1}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+            row += 1
+            yield row, record, None
+
+
+class _DatasetObject(_Reader):
+    kind = "dataset"
+
+    def __init__(self, ds, name: str, split: str | None):
+        self.name, self.split = name, split
+        self._ds = _pick_split(ds, split, name)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "split": self.split, "subset": None,
+                "rows": getattr(self._ds, "num_rows", None)}
+
+    def rows(self):
+        for row, record in enumerate(_dataset_rows(self._ds), start=1):
+            yield row, record, None
+
+
+class _InMemory(_Reader):
+    kind = "records"
+
+    def __init__(self, records: Sequence[dict], name: str):
+        self.name, self._records = name, records
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "split": None, "subset": None,
+                "rows": len(self._records)}
+
+    def rows(self):
+        for row, record in enumerate(self._records, start=1):
+            yield row, record, None
+
+
+class _Examples(_Reader):
+    """Examples already read (e.g. a sample of another source): passed through as they are."""
+
+    kind = "examples"
+
+    def __init__(self, examples: Sequence[Example], name: str):
+        self.name, self.examples = name, list(examples)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "split": None, "subset": None,
+                "rows": len(self.examples),
+                "from": sorted({f"{ex.source}" for ex in self.examples})}
+
+    def rows(self):
+        for row, ex in enumerate(self.examples, start=1):
+            yield row, ex, None
+
+
+# ----------------------------------------------------------------------------- resolving
+
+def _is_datasets_object(obj: Any) -> bool:
+    if "datasets" not in sys.modules:  # a datasets object implies datasets was imported
+        return False
+    import datasets
+
+    return isinstance(obj, (datasets.Dataset, datasets.IterableDataset, datasets.DatasetDict,
+                            datasets.IterableDatasetDict))
+
+
+def _dataset_name(ds) -> str:
+    info = getattr(ds, "info", None)
+    if info is None and hasattr(ds, "values"):  # a DatasetDict: its first split's info
+        info = getattr(next(iter(ds.values()), None), "info", None)
+    return (getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+            or "dataset")
+
+
+def _looks_like_path(name: str) -> bool:
+    if name.startswith(("./", "../", "/", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    lower = name.lower()
+    if any(lower.endswith(ext) for ext in _PATH_EXTENSIONS):
+        return True
+    first = name.split("/", 1)[0]
+    return "/" in name and os.path.isdir(first)
+
+
+def _is_disk_dataset(path: str) -> bool:
+    return (os.path.isfile(os.path.join(path, "dataset_dict.json"))
+            or os.path.isfile(os.path.join(path, "state.json")))
+
+
+def _file_reader(path: str) -> _Reader:
+    lower = path.lower()
+    # longest suffix first: ".jsonl.gz" before ".gz"-less ".jsonl"
+    for suffix in sorted(_FILE_TYPES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            kind, compression = _FILE_TYPES[suffix]
+            if kind == "parquet":
+                return _ParquetFile(path)
+            return _JsonFile(path, kind, compression)
+    raise DataError(f"{path}: unknown file type; supported: {_supported()}")
+
+
+def _path_readers(path: str, split: str | None) -> list[_Reader]:
+    """Readers for an existing path (file or folder)."""
+    if os.path.isdir(path):
+        if _is_disk_dataset(path):
+            return [_DiskDataset(path, split)]
+        raise DataError(f"{path}: is a directory but not a datasets save_to_disk folder (no "
+                        "dataset_dict.json or state.json in it); to read the files in it pass a "
+                        f"glob such as '{os.path.join(path, '*.jsonl')}'")
+    return [_file_reader(path)]
+
+
+def _string_readers(name: str, split: str | None,
+                    subset: str | None) -> tuple[list[_Reader], str | None]:
+    """Readers for a path, a glob or a hub id; also the glob pattern when it was one."""
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        return _path_readers(name if expanded == name else expanded, split), None
+    if any(c in name for c in "*?["):
+        matches = sorted(globlib.glob(expanded, recursive=True))
+        if not matches:
+            raise DataError(f"{name}: no file matches this pattern")
+        readers = []
+        for m in matches:
+            readers += _path_readers(m, split)
+        return readers, name
+    if _looks_like_path(name) or not _HUB_ID.fullmatch(name):
+        raise DataError(f"{name}: no such file or directory")
+    return [_HubDataset(name, split, subset)], None
+
+
+@dataclass
+class _Entry:
+    """One reader and how it was named (for describe)."""
+
+    reader: _Reader
+    glob: str | None = None
+
+
+def _resolve(source: Any, split, subset, index: int | None) -> list[_Entry]:
+    suffix = "" if index is None else f"[{index}]"
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str):
+        readers, pattern = _string_readers(source, split, subset)
+        return [_Entry(r, pattern) for r in readers]
+    if _is_datasets_object(source):
+        return [_Entry(_DatasetObject(source, _dataset_name(source) + suffix, split))]
+    if isinstance(source, (list, tuple)) and source and all(isinstance(r, Example) for r in source):
+        return [_Entry(_Examples(source, "examples" + suffix))]
+    if isinstance(source, (list, tuple)) and all(isinstance(r, dict) for r in source):
+        return [_Entry(_InMemory(source, "records" + suffix))]
+    raise DataError(f"open_records: cannot read a {type(source).__name__}; expected a path, a "
+                    "glob, a hub dataset id, a list of dicts, a datasets object, or a list of "
+                    "these")
+
+
+# ----------------------------------------------------------------------------- Records
 
 class Records:
-    def __init__(self, parts, name=None):
-        self.parts = parts
+    """Examples of one or more sources, in order; re-iterable (each pass streams anew).
 
-    def __iter__(self):
-        seen = {}
-        for kind, obj, name in self.parts:
-            it = read_examples(obj) if kind == "file" else iter(obj) if kind == "examples" else _iter_rows(obj, name)
-            for ex in it:
-                if ex.id in seen:
-                    raise DataError(f"{ex.source}:{ex.line}: duplicate id {ex.id!r} (first seen at {seen[ex.id]})")
-                seen[ex.id] = f"{ex.source}:{ex.line}"
+    Ids must be unique across all sources; a repeat is a :class:`DataError` naming both places.
+    """
+
+    def __init__(self, entries: list[_Entry], *, format: str | None = None,
+                 to_messages: ToMessages | None = None):
+        self._entries = entries
+        self._format = format
+        self._to_messages = to_messages
+        self._detected: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[Example]:
+        return self._iter(None)
+
+    def _iter(self, stop_at: int | None) -> Iterator[Example]:
+        seen: set[int] = set()  # hashes of ids; a hit is confirmed by a second pass
+        position = 0
+        for e_i, entry in enumerate(self._entries):
+            for ex in self._examples(e_i, entry.reader):
+                key = hash(ex.id)
+                if key in seen:
+                    first = self._first_place(ex.id, position)
+                    if first is not None:
+                        raise DataError(f"{ex.source}:{ex.line}: duplicate id {ex.id!r} (first "
+                                        f"seen at {first})")
+                seen.add(key)
                 yield ex
+                position += 1
+                if stop_at is not None and position > stop_at:
+                    return
 
-    def describe(self):
-        return [{"kind": k, "path": o if k == "file" else name} for k, o, name in self.parts]
+    def _first_place(self, rid: str, before: int) -> str | None:
+        for ex in self._iter(before - 1):
+            if ex.id == rid:
+                return f"{ex.source}:{ex.line}"
+        return None
 
-    def take(self, indices):
-        want = {i: pos for pos, i in enumerate(indices)}
-        out = [None] * len(indices)
-        for i, ex in enumerate(self):
-            if i in want:
-                out[want[i]] = ex
-        return out
+    def _examples(self, e_i: int, reader: _Reader) -> Iterator[Example]:
+        if isinstance(reader, _Examples):
+            yield from reader.examples
+            return
+        fmt = self._format
+        n = 0
+        for line, record, digest in reader.rows():
+            where = f"{reader.name}:{line}"
+            if self._to_messages is None:
+                if not isinstance(record, dict):
+                    raise DataError(f"{where}: a record must be a JSON object, got "
+                                    f"{type(record).__name__}")
+                shape = detect_format(record)
+                if fmt is None:
+                    if shape is None:
+                        raise DataError(f"{where}: {unknown_format_message(record)}")
+                    fmt = self._detected[e_i] = shape
+                elif self._format is None and shape != fmt:
+                    raise DataError(f"{where}: record is not in the {reader.container}'s format "
+                                    f"({fmt}, detected from its first record)")
+            ex = record_to_example(record, fmt, source=reader.name, line=line,
+                                   to_messages=self._to_messages)
+            ex._digest = digest
+            n += 1
+            yield ex
+        if n == 0:
+            what = "empty file" if reader.container == "file" else "empty source"
+            raise DataError(f"{reader.name}: {what} (no records)")
 
-    def count(self):
+    def count(self) -> int:
+        """Number of examples (one full streaming pass, validating every record)."""
         return sum(1 for _ in self)
 
+    def take(self, indices: Iterable[int]) -> list[Example]:
+        """The examples at these 0-based positions, in the order given (one streaming pass)."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            return []
+        if min(indices) < 0:
+            raise IndexError(f"take: negative position {min(indices)}")
+        wanted = set(indices)
+        found: dict[int, Example] = {}
+        n = 0
+        for n, ex in enumerate(self._iter(max(indices)), start=1):
+            if n - 1 in wanted:
+                found[n - 1] = ex
+        missing = [i for i in indices if i not in found]
+        if missing:
+            raise IndexError(f"take: position {missing[0]} is past the end ({n} examples)")
+        return [found[i] for i in indices]
 
-def _iter_rows(rows, name):
-    fmt = None
-    for i, rec in enumerate(rows, start=1):
-        rec = dict(rec)
-        fmt = fmt or detect_format(rec)
-        if fmt is None:
-            raise DataError(f"{name}:{i}: unknown format")
-        yield to_example(rec, fmt, name, i)
+    def describe(self) -> list[dict[str, Any]]:
+        """JSON-able description of each source, for run manifests.
+
+        ``format`` is the forced one, ``custom`` with a ``to_messages`` hook, else the shape
+        detected from the first record (read now for local sources; for a hub dataset only once
+        it has been iterated, else ``None``).
+        """
+        out = []
+        for e_i, entry in enumerate(self._entries):
+            d = entry.reader.describe()
+            if entry.glob is not None:
+                d["glob"] = entry.glob
+            d["format"] = self._format_of(e_i, entry.reader)
+            out.append(d)
+        return out
+
+    def _format_of(self, e_i: int, reader: _Reader) -> str | None:
+        if self._to_messages is not None:
+            return CUSTOM_FORMAT
+        if self._format is not None:
+            return self._format
+        if e_i not in self._detected and not isinstance(reader, _HubDataset):
+            for _line, record, _digest in reader.rows():
+                if isinstance(record, dict):
+                    self._detected[e_i] = detect_format(record)
+                break
+        return self._detected.get(e_i)
+
+    @property
+    def dataset(self):
+        """The ``datasets.Dataset`` these records are, when they are exactly one (else None)."""
+        if len(self._entries) == 1 and isinstance(self._entries[0].reader, _DatasetObject):
+            return self._entries[0].reader._ds
+        return None
+
+    def __repr__(self) -> str:
+        names = ", ".join(e.reader.name for e in self._entries[:3])
+        more = f", ... ({len(self._entries)} sources)" if len(self._entries) > 3 else ""
+        return f"Records({names}{more})"
 
 
-def open_records(source, **_) -> Records:
+def open_records(source: Any, *, split: str | None = None, subset: str | None = None,
+                 format: str | None = None, to_messages: ToMessages | None = None) -> Records:
+    """Open one source, or a list of sources read in order, as :class:`Records`.
+
+    ``source``: a path (``.jsonl``, ``.json``, ``.parquet``, ``.jsonl.gz``, ``.json.gz``,
+    ``.jsonl.zst``, ``.json.zst``; extensions in any case), a glob of such files (sorted), a
+    ``datasets`` ``save_to_disk`` folder, a Hugging Face hub dataset id (needs ``split``; uses the
+    network, streaming), a list of dicts, a ``datasets`` ``Dataset`` / ``IterableDataset`` /
+    ``DatasetDict`` (needs ``split``), or a list of any of these. ``split`` and ``subset`` apply
+    to the sources that have splits / subsets. ``format`` forces the record shape (one of
+    :data:`~trim_fast.data.formats.FORMATS`) instead of detecting it per source;
+    ``to_messages`` maps each record with the caller's own function (see ``formats``).
+
+    Existence and file types are checked now; records are read when iterated. Only a ``.json``
+    file holding a JSON array is loaded whole into memory.
+    """
     if isinstance(source, Records):
+        if split is not None or subset is not None or format is not None or to_messages is not None:
+            raise ValueError("open_records: a Records object is already opened; split, subset, "
+                             "format and to_messages apply when it is opened")
         return source
-    if isinstance(source, str):
-        return Records([("file", source, source)])
-    if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) for s in source):
-        return Records([("file", s, s) for s in source])
-    if isinstance(source, (list, tuple)) and source and all(isinstance(s, Example) for s in source):
-        return Records([("examples", list(source), "examples")])
-    if isinstance(source, (list, tuple)):
-        return Records([("rows", list(source), "records")])
-    return Records([("rows", source, getattr(source, "info", None) and "dataset" or "records")])
+    if format is not None and to_messages is not None:
+        raise ValueError("pass format= or to_messages=, not both")
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if isinstance(source, (list, tuple)) and not all(isinstance(r, (dict, Example)) for r in source):
+        if any(isinstance(r, (dict, Example)) for r in source):
+            raise DataError("open_records: a list mixes records (dicts) and other sources; wrap "
+                            "the records in their own list")
+        entries = [e for i, s in enumerate(source)
+                   for e in _resolve(s, split, subset, i if _needs_index(s) else None)]
+    else:
+        if isinstance(source, (list, tuple)) and not source:
+            raise DataError("open_records: nothing to read (an empty list)")
+        entries = _resolve(source, split, subset, None)
+    return Records(entries, format=format, to_messages=to_messages)
+
+
+def _needs_index(source: Any) -> bool:
+    """In a list of sources, unnamed in-memory sources get their position in their name."""
+    return not isinstance(source, (str, os.PathLike))

@@ -199,7 +199,7 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
 
 def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
     """``n`` new examples of ``family`` (chat format), none equal to an example in ``exclude``."""
-    from trim_fast.data.formats import to_example
+    from trim_fast.data import record_to_example
 
     seen = {json.dumps(e.messages) for e in exclude if e.messages is not None}
     rng = random.Random(seed)
@@ -210,8 +210,9 @@ def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
         if json.dumps(msgs) in seen:
             continue
         seen.add(json.dumps(msgs))
-        out.append(to_example({"id": f"heldout-{family}-{len(out)}", "family": family, "messages": msgs},
-                              "messages", f"heldout:{family}", len(out) + 1))
+        out.append(record_to_example(
+            {"id": f"heldout-{family}-{len(out)}", "family": family, "messages": msgs}, "messages",
+            source=f"heldout:{family}", line=len(out) + 1))
         if len(out) == n:
             return out
     raise ValueError(f"could not make {n} new examples of {family!r}")
