@@ -149,8 +149,12 @@ def test_plain_models_and_wrappers_yield_the_base_model(tiny_model_dir, tmp_path
     with forward_model(torch.compile(lm)) as b:
         assert b is lm.model
     from accelerate import Accelerator
-    with forward_model(Accelerator(cpu=True).prepare(lm)) as b:
-        assert b is lm.model
+    from accelerate.state import AcceleratorState
+    try:
+        with forward_model(Accelerator(cpu=True).prepare(lm)) as b:
+            assert b is lm.model
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(lm)
@@ -288,7 +292,7 @@ def test_local_model_and_adapter_load_without_network(tiny_model_dir, adapter_di
         load_model(tiny_model_dir, adapter="my_adapter")  # no org/: a missing local name, not the hub
 
 
-def test_hub_id_warns_before_any_request(monkeypatch, caplog):
+def test_hub_id_warns_before_any_request(monkeypatch, caplog, tiny_model_dir):
     """The warning comes first; a refused connection then fails as a clear ConnectionError."""
     seen = []
 
@@ -298,14 +302,18 @@ def test_hub_id_warns_before_any_request(monkeypatch, caplog):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(loading, "HUB_NO_ANSWER_S", 0.5)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     caplog.set_level(logging.WARNING, logger="trim_fast.models")
-    t0 = time.monotonic()
-    with pytest.raises(ConnectionError, match="did not answer"):
-        load_model("some-org/some-model", device="cpu")
-    assert time.monotonic() - t0 < 15
-    assert seen and all(any("using the network" in m and "some-org/some-model" in m for m in s) for s in seen)
+    for call, repo in [(lambda: load_model("some-org/some-model", device="cpu"), "model 'some-org/some-model'"),
+                       (lambda: load_model(tiny_model_dir, adapter="some-org/lora"), "adapter 'some-org/lora'")]:
+        seen.clear()
+        caplog.clear()
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError, match="did not answer"):
+            call()
+        assert time.monotonic() - t0 < 15
+        assert seen and all(any("using the network" in m and repo in m for m in s) for s in seen), seen
 
 
 def test_silent_hub_endpoint_fails_within_a_bound(tmp_path):

@@ -81,6 +81,8 @@ def _source(name: str | None, what: str = "--model") -> _Source:
         gguf = embedded_model_path()
         return _Source(os.path.dirname(gguf), {"gguf_file": os.path.basename(gguf),
                                                "local_files_only": True}, False)
+    if not name:
+        raise ValueError(f"{what}: empty model name")
     local = os.path.expanduser(name)
     if os.path.isdir(local):
         _refuse_pickles(local, f"{what} {name}")
@@ -148,6 +150,8 @@ def _refuse_pickles(directory: str, what: str) -> None:
 
 
 def load_tokenizer(name: str | None = None, *, progress: bool = True):
+    """The tokenizer of ``name`` (resolved as :func:`load_model` resolves it), with a pad token
+    (eos, else unk) so that batches can be padded."""
     from transformers import AutoTokenizer
 
     src = _source(name)
@@ -180,7 +184,8 @@ def _device(device) -> torch.device:
 def load_model(name: str | None = None, *, adapter: str | None = None, device: str | None = None,
                dtype: str | torch.dtype | None = "auto", attn_implementation: str = "sdpa",
                progress: bool = True):
-    """The base model (no LM head) in eval mode, with a peft ``adapter`` merged into its weights."""
+    """The base model (no LM head) in eval mode, with a peft ``adapter`` merged into its weights
+    (``merge_and_unload``). ``progress=False`` draws no bar (downloads, GGUF conversion, loading)."""
     from transformers import AutoModel
 
     dev = _device(device)
