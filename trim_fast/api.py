@@ -31,7 +31,8 @@ from trim_fast.bank import FingerprintBank
 from trim_fast.bank.build import fingerprint_tokens, target_family
 from trim_fast.config import SelectionConfig
 from trim_fast.data import DataError, Records, open_records, tokenizer_digest
-from trim_fast.models.prepare import forward_model, weights_digest
+from trim_fast.models.loading import weights_digest
+from trim_fast.models.prepare import forward_model
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.workdir import WorkDir
 from trim_fast.scoring.engine import ForwardCache, PoolScores, score_pool, tokenize_chunk
@@ -104,8 +105,9 @@ class Selector:
             from trim_fast.models.loading import load_model, load_tokenizer, model_id
 
             name = None if model is None else os.fspath(model)
-            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name)
-            self.model = load_model(name, adapter=adapter, device=device, dtype=dtype)
+            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name, progress=progress)
+            self.model = load_model(name, adapter=adapter, device=device, dtype=dtype,
+                                    progress=progress)
             self.model_name = model_id(name)
         else:
             raise TypeError(f"Selector: model must be None, a name or path, or a loaded torch "

