@@ -14,7 +14,6 @@ padding side or on what it is batched with; padding never counts (alpha 0 there)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -10,7 +10,7 @@ logger = logging.getLogger("trim_fast")
 
 
 def add_eval_parser(sub) -> None:
-    from trim_fast.cli import add_settings
+    from trim_fast.flags import add_settings
 
     p = sub.add_parser("eval", help="selection quality on a labelled pool: TRIM against random, "
                        "mean-pooled cosine and BM25; ablations; a downstream check")
@@ -38,7 +38,7 @@ def add_eval_parser(sub) -> None:
 
 def cmd_eval(values: dict) -> int:
     from trim_fast.api import Selector
-    from trim_fast.cli import build_settings
+    from trim_fast.flags import build_settings
     from trim_fast.data import DataError, open_records
     from trim_fast.demo.generate import generate, heldout_examples
     from trim_fast.evaluation.quality import run_downstream, run_quality, save_result
