@@ -106,6 +106,11 @@ class Example:
             self._digest = value_digest(self.raw)
         return self._digest
 
+    def content_digest(self) -> bytes:
+        """Like :meth:`digest`, without the record's ``id``: two records that say the same thing
+        under different ids (or none) share it (for spotting copies in a pool)."""
+        return value_digest({k: v for k, v in self.raw.items() if k != "id"})
+
 
 # ----------------------------------------------------------------------------- digests
 

@@ -12,6 +12,7 @@ result does not depend on the world size, nor on whether a work directory is use
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -28,6 +29,8 @@ from trim_fast.progress import Progress
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.workdir import WorkDir
 from trim_fast.scoring.idf import DocumentFrequency
+
+logger = logging.getLogger(__name__)
 
 SCORE_FIELDS = ("score", "mean", "max", "coverage")
 COUNT_FIELDS = ("n_scored", "n_matched")
@@ -97,6 +100,25 @@ def chunk_digest(examples: Sequence) -> str:
     for ex in examples:
         h.update(ex.digest())
     return h.hexdigest()
+
+
+class _Copies:
+    """Records whose content (not id) repeats an earlier record's: 8 bytes of digest each."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, str] = {}
+        self.count = 0
+        self.example = ""
+
+    def add(self, examples: Sequence) -> None:
+        for ex in examples:
+            key = int.from_bytes(ex.content_digest()[:8], "little")
+            where = f"{ex.source}:{ex.line}"
+            if key in self.seen:
+                self.count += 1
+                self.example = self.example or f"{where} = {self.seen[key]}"
+            else:
+                self.seen[key] = where
 
 
 def tokenize_chunk(tokenizer, examples: Sequence, cfg: SelectionConfig) -> TokenChunk:
@@ -169,9 +191,11 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     columns = {"ids": [], "sources": [], "lines": [], "families": []}
     digests: list[str] = []
     mine: dict[int, TokenChunk | int] = {}  # in memory: the chunk; with a workdir: its size
+    copies = _Copies()
     with Progress(0, "tokenising", progress and ctx.is_main, unit="ex") as bar:
         for c, start, examples in iter_chunks(records, cfg.chunk_size):
             digests.append(chunk_digest(examples))
+            copies.add(examples)
             columns["ids"] += [e.id for e in examples]
             columns["sources"] += [e.source for e in examples]
             columns["lines"] += [e.line for e in examples]
@@ -191,6 +215,9 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     n_examples = len(columns["ids"])
     if n_examples == 0:
         raise DataError("the pool is empty")
+    if copies.count and ctx.is_main:
+        logger.warning("%d pool record(s) are exact copies of earlier ones (e.g. %s); copies get "
+                       "equal scores and may be selected together", copies.count, copies.example)
     ctx.all_reduce_sum(df.df)
     df.num_examples = n_examples
     device = next(model.parameters()).device
