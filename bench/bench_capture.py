@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trim_fast.capture import capture_saliency, capturing, encode_last_hidden, packed_layout  # noqa: E402
 from trim_fast.capture.attention import base_model_of  # noqa: E402
 from trim_fast.ops.attention_saliency import _MODULES, resolve_backend  # noqa: E402
-from trim_fast.reference import SaliencyStats  # noqa: E402
+from trim_fast.types import SaliencyStats  # noqa: E402
 
 
 def load_smollm2(device, dtype, random_init=False):

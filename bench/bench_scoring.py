@@ -20,9 +20,9 @@ import torch
 
 from trim_fast import reference
 from trim_fast._ext import HAS_C
-from trim_fast.fingerprints import FingerprintBank
-from trim_fast.index import NearestFingerprintIndex
-from trim_fast.ops.token_match import bank_tables, match_and_pool
+from trim_fast.bank import FingerprintBank
+from trim_fast.ops.nearest import NearestIndex
+from trim_fast.ops.token_match import match_and_pool
 
 
 def make_bank(classes: int, d: int, vocab: int, seed: int) -> FingerprintBank:
@@ -91,14 +91,13 @@ def main() -> None:
     runs = [("zero", be) for be in args.backends.split(",")] + [("nearest", args.backends.split(",")[0])]
     for fallback, backend in runs:
         if True:
-            bank_tables(bank, hidden.device)  # table + index built once, outside the timing
-            match_and_pool(hidden[:1], ids[0][:1], counted[:1], bank, idf=idf, fallback=fallback,
-                           backend=backend)
+            t = bank.tables(hidden.device)  # table + index built once, outside the timing
+            kw = dict(idf=idf, fallback=fallback, backend=backend, nearest=t.nearest)
+            match_and_pool(hidden[:1], ids[0][:1], counted[:1], t.vectors, t.row_table, **kw)
             sync()
             t0 = time.perf_counter()
             for i in range(passes):
-                match_and_pool(hidden, ids[i], counted, bank, idf=idf, fallback=fallback,
-                               backend=backend)
+                match_and_pool(hidden, ids[i], counted, t.vectors, t.row_table, **kw)
             sync()
             dt = time.perf_counter() - t0
             results[(fallback, backend)] = dt
@@ -111,14 +110,14 @@ def main() -> None:
     q = torch.nn.functional.normalize(hidden.reshape(-1, args.d)[:unmatched], dim=-1)
     exact_rows = None
     if dev.type == "cuda":  # exact torch matmul + top-1 on the GPU; faiss-gpu only where built
-        from trim_fast.index import faiss_has_gpu
+        from trim_fast.ops.nearest import faiss_has_gpu
 
         searches = [("torch", "exact")] + ([("faiss-gpu", "exact")] if faiss_has_gpu() else [])
     else:
         searches = [("faiss-cpu", "exact"), ("torch", "exact"), ("faiss-cpu", "ivf")]
     for name, kind in searches:
         t0 = time.perf_counter()
-        index = NearestFingerprintIndex(bank.vectors, backend=name, kind=kind, nprobe=8)
+        index = NearestIndex(bank.vectors, backend=name, kind=kind, nprobe=8)
         build = time.perf_counter() - t0
         index.search(q[:16])  # warm-up (CUDA context, kernels)
         sync()
@@ -134,7 +133,7 @@ def main() -> None:
 
     # Reference: per-token Python, one example at a time, on a subsample.
     bank, hidden, idf, ids = bank.to("cpu"), hidden.cpu(), idf.cpu(), [x.cpu() for x in ids[:1]]
-    fp = bank.as_reference()
+    fp = bank
     ref_b = max(1, args.ref_tokens // args.seq)
     ref_tokens = ref_b * args.seq
     t0 = time.perf_counter()

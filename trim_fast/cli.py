@@ -67,8 +67,9 @@ def _output_args(p) -> None:
                    help="coreset file: auto (Parquet for Parquet pools, else JSONL), jsonl, "
                         "parquet, or hf (a datasets save_to_disk folder)")
     g.add_argument("--layout", choices=("trim", "less"), default=argparse.SUPPRESS,
-                   help="less: sorted.csv as LESS writes it (file name, index, score) and LESS's "
-                        "floor rounding of k")
+                   help="less: also OUT/<task>/sorted.csv and OUT/<task>/top_p*.jsonl as LESS "
+                        "writes them (file name, index, score), and k = int(fraction * |pool|) as "
+                        "LESS rounds it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,12 +259,20 @@ def _write_selection(values: dict, cfg, sel, scores, choice, banks, pool, out_di
 
     layout = values.get("layout", "trim")
     cols = outputs.score_columns(scores, choice.combined, choice.indices)
-    outputs.write_table(cols, out_dir, layout=layout)
+    outputs.write_table(cols, out_dir)
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
                                         sorted(set(scores.sources)))
     name = outputs.coreset_name(cfg.fraction, cfg.k, fmt)
     path = os.path.join(out_dir, name)
     outputs.write_coreset(pool.take(choice.indices), path, fmt)
+    if layout == "less":  # one folder per task, as LESS writes them
+        taken = sorted({"work", "banks", "warmup_adapter", "warmup", "data"} & set(scores.tasks))
+        if taken:
+            raise ValueError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
+                             "folders of the run itself; rename the target file(s)")
+        for t_i, task in enumerate(scores.tasks):
+            outputs.write_less_task(os.path.join(out_dir, task), scores, t_i, choice.k, pool,
+                                    outputs.coreset_name(cfg.fraction, cfg.k, "jsonl", layout="less"))
     logger.info("selected %d of %d -> %s", len(choice.indices), len(scores), path)
     summary = outputs.summary(cfg, scores, choice, banks, seconds=seconds)
     summary["model"] = {"name": sel.model_name}
@@ -302,7 +311,7 @@ def cmd_select(values: dict) -> int:
         banks = sel.fingerprint(tasks if tasks is not None else
                                 {"in_domain": sel._in_domain_targets(pool)})
         scores = sel.score(pool, banks, work_dir=out_dir)
-        choice = sel.choose(scores, rounding="floor" if values.get("layout") == "less" else "half_up")
+        choice = sel.choose(scores, rounding="less" if values.get("layout") == "less" else "half_up")
         if ctx.is_main:
             extra = {}
             if warm is not None:
@@ -473,7 +482,7 @@ def cmd_pick(values: dict) -> int:
         per_task[t, torch.tensor(index)] = torch.tensor(values_c, dtype=torch.float32)
     layout = values.get("layout", "trim")
     choice = choose(per_task, combine=cfg.combine, fraction=cfg.fraction, k=cfg.k,
-                    rounding="floor" if layout == "less" else "half_up")
+                    rounding="less" if layout == "less" else "half_up")
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
                                         sorted(set(table.column("source").to_pylist())))
     path = os.path.join(out_dir, outputs.coreset_name(cfg.fraction, cfg.k, fmt))

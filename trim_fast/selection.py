@@ -15,8 +15,9 @@ from trim_fast.config import COMBINE_MODES
 
 def num_selected(pool_size: int, *, fraction: float | None = 0.05, k: int | None = None,
                  rounding: str = "half_up") -> int:
-    """``k``, or ``fraction * |P|`` rounded half up (``rounding="floor"``: LESS's rounding), at
-    least 1 for a non-empty pool."""
+    """``k``, or ``fraction * |P|`` rounded half up on the decimal value (``rounding="less"``:
+    ``int(fraction * |P|)`` in floating point, as LESS computes it), at least 1 for a non-empty
+    pool."""
     if k is not None:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -27,10 +28,10 @@ def num_selected(pool_size: int, *, fraction: float | None = 0.05, k: int | None
         return 0
     # Exact decimal product: 0.29 * 50 is 14.4999... in binary floating point, not 14.5.
     exact = Fraction(str(float(fraction))) * pool_size
-    if rounding == "floor":
-        return max(1, math.floor(exact))
+    if rounding == "less":
+        return max(1, int(fraction * pool_size))
     if rounding != "half_up":
-        raise ValueError(f"rounding must be 'half_up' or 'floor', got {rounding!r}")
+        raise ValueError(f"rounding must be 'half_up' or 'less', got {rounding!r}")
     return max(1, min(pool_size, math.floor(exact + Fraction(1, 2))))
 
 

@@ -32,9 +32,11 @@ def ensure_out_dir(path: str) -> str:
     return path
 
 
-def coreset_name(fraction: float | None, k: int | None, output_format: str) -> str:
-    """LESS's name for a coreset, ``top_p0.05`` or ``top_k{k}``, with the format's suffix."""
-    stem = f"top_k{k}" if k is not None else f"top_p{fraction:g}"
+def coreset_name(fraction: float | None, k: int | None, output_format: str, *,
+                 layout: str = "trim") -> str:
+    """LESS's name for a coreset, ``top_p0.05`` (or ``top_k{k}``; in the LESS layout
+    ``top_num{k}``, as LESS names it), with the format's suffix."""
+    stem = f"top_p{fraction:g}" if k is None else f"top_num{k}" if layout == "less" else f"top_k{k}"
     return stem + {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}[output_format]
 
 
@@ -89,9 +91,8 @@ def _finite_or_neg_inf(x: float) -> float:
     return float("-inf") if x != x else x
 
 
-def write_table(cols: dict[str, list], out_dir: str, *, layout: str = "trim") -> None:
-    """``scores.parquet`` (every column) and ``sorted.csv``: the same table, or with
-    ``layout="less"`` LESS's ``file name,index,score`` rows (index within the source file)."""
+def write_table(cols: dict[str, list], out_dir: str) -> None:
+    """``scores.parquet`` (every column) and ``sorted.csv`` (the same table)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -101,15 +102,35 @@ def write_table(cols: dict[str, list], out_dir: str, *, layout: str = "trim") ->
         pq.write_table(pa.table(cols), f)
     with atomic_open(os.path.join(out_dir, "sorted.csv")) as f:
         w = csv.writer(f)
-        if layout == "less":
-            w.writerow(["file name", "index", "score"])
-            for source, line_index, score in zip(cols["source"], cols["line"], cols["score"]):
-                w.writerow([source, line_index - 1, _clean(score)])
-            return
         names = list(cols)
         w.writerow(names)
         for row in zip(*(cols[c] for c in names)):
             w.writerow([_clean(v) for v in row])
+
+
+def write_less_task(task_dir: str, scores, task_index: int, k: int, pool, name: str) -> None:
+    """One target task as LESS's ``write_selected_data.py`` leaves it: ``sorted.csv`` with the
+    header ``file name, index, score`` and one ``{label}, {index}, {score rounded to 6}`` row per
+    pool example, best first (label: the source file's name without extension; index: the
+    example's position in that file), and the top ``k`` records unchanged in ``name``."""
+    from trim_fast.selection import select_top_k
+
+    os.makedirs(task_dir, exist_ok=True)
+    per_source = collections.Counter()
+    ordinal = []
+    for src in scores.sources:
+        ordinal.append(per_source[src])
+        per_source[src] += 1
+    task_scores = scores.score[task_index]
+    ranked = select_top_k(task_scores, len(scores)).tolist()
+    ranked += [i for i in range(len(scores)) if i not in set(ranked)]  # -inf last, in pool order
+    with atomic_open(os.path.join(task_dir, "sorted.csv")) as f:
+        f.write("file name, index, score\n")
+        for i in ranked:
+            label = os.path.basename(str(scores.sources[i])).split(".")[0]
+            f.write(f"{label}, {ordinal[i]}, {round(float(task_scores[i]), 6)}\n")
+    chosen = select_top_k(task_scores, k).tolist()
+    write_coreset(pool.take(chosen), os.path.join(task_dir, name), "jsonl")
 
 
 def json_value(v, where: str):

@@ -149,6 +149,12 @@ class BatchScorer:
                 for t in self.tables]
 
 
+def make_scorer(banks: dict, cfg: SelectionConfig, idf: torch.Tensor | None,
+                device: torch.device) -> BatchScorer:
+    """The batch scorer of ``cfg.method`` for these banks (``idf``: the pool's, or None)."""
+    return BatchScorer(banks, cfg, idf, device)
+
+
 def score_chunk(model, chunk: TokenChunk, scorer: BatchScorer, *, pad_id: int,
                 max_tokens: int, forward_cache: ForwardCache | None = None) -> dict[str, torch.Tensor]:
     """Per-task scores of one chunk (``[T, n]`` each) and its per-example token counts."""
@@ -221,7 +227,7 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     ctx.all_reduce_sum(df.df)
     df.num_examples = n_examples
     device = next(model.parameters()).device
-    scorer = BatchScorer(banks, cfg, df.idf() if cfg.idf == "pool" else None, device)
+    scorer = make_scorer(banks, cfg, df.idf() if cfg.idf == "pool" else None, device)
     # pass 2: score this rank's chunks that have no valid shard yet. The pool IDF makes every
     # shard depend on the whole pool's content, not only on its own chunk's.
     pool_digest = hashlib.blake2b("".join(digests).encode(), digest_size=16).hexdigest()
@@ -265,5 +271,5 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     return ctx.broadcast_from_main(result)
 
 
-__all__ = ["PoolScores", "ForwardCache", "BatchScorer", "score_pool", "score_chunk",
+__all__ = ["PoolScores", "ForwardCache", "BatchScorer", "make_scorer", "score_pool", "score_chunk",
            "iter_chunks", "chunk_digest", "tokenize_chunk"]
