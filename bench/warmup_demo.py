@@ -4,7 +4,6 @@
 
 Generates the 1000-example demo pool (seed 0), then runs ``trim-fast warmup`` on it with 2 threads.
 """
-import argparse
 import os
 import sys
 import time
@@ -18,20 +17,17 @@ if "--threads" in sys.argv:
     del sys.argv[sys.argv.index("--threads"): sys.argv.index("--threads") + 2]
 torch.set_num_threads(THREADS)
 
+from trim_fast.cli import main as trim_fast_main  # noqa: E402
 from trim_fast.demo.generate import generate  # noqa: E402
-from trim_fast.warmup import add_warmup_args, cmd_warmup  # noqa: E402
 
 
 def main() -> None:
     work = os.environ.get("WARMUP_BENCH_DIR", "/tmp/warmup_bench")
     manifest = generate(os.path.join(work, "data"), pool_size=1000, seed=0)
-    ap = argparse.ArgumentParser()
-    add_warmup_args(ap)
-    argv = ["--out", os.path.join(work, "adapter"), *sum((["--pool", p] for p in manifest["pool"]), []),
-            *sys.argv[1:]]
-    args = ap.parse_args(argv)
+    argv = ["warmup", "--out", os.path.join(work, "adapter"),
+            *sum((["--pool", p] for p in manifest["pool"]), []), *sys.argv[1:]]
     t0, c0 = time.perf_counter(), time.process_time()
-    cmd_warmup(args)
+    trim_fast_main(argv)
     print(f"threads {THREADS}; total (load + tokenise + train + save): wall {time.perf_counter() - t0:.1f}s, "
           f"process CPU {time.process_time() - c0:.1f}s", file=sys.stderr)
 
