@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from trim_fast.data import load_examples
+from trim_fast.data import open_records
 from trim_fast.demo.hard import FAMILIES, PAIRS, PARTNER, generate, heldout_examples, make_example
 from trim_fast.evaluation.metrics import words
 
@@ -37,7 +37,7 @@ def test_rerun_leaves_identical_files_untouched(tmp_path):
 
 def test_counts_labels_formats_and_manifest(hard):
     assert len(FAMILIES) >= 8 and len(PAIRS) >= 4
-    pool = load_examples(hard["pool"])
+    pool = list(open_records(hard["pool"]))
     assert len(pool) == 60 * len(FAMILIES)
     assert {e.format for e in pool} == {"messages", "alpaca"}
     counts = {f: sum(e.meta["family"] == f for e in pool) for f in FAMILIES}
@@ -51,9 +51,9 @@ def test_counts_labels_formats_and_manifest(hard):
 
 
 def test_targets_are_held_out(hard):
-    pool_texts = {json.dumps(e.messages) for e in load_examples(hard["pool"])}
+    pool_texts = {json.dumps(e.messages) for e in list(open_records(hard["pool"]))}
     for fam, path in hard["targets"].items():
-        targets = load_examples([path])
+        targets = list(open_records([path]))
         assert len(targets) == 8 and {t.meta["family"] for t in targets} == {fam}
         assert len({json.dumps(t.messages) for t in targets}) == 8
         assert not any(json.dumps(t.messages) in pool_texts for t in targets)
@@ -64,7 +64,7 @@ def _jaccard(a: set, b: set) -> float:
 
 
 def test_pairs_share_vocabulary_but_not_labels(hard):
-    pool = load_examples(hard["pool"])
+    pool = list(open_records(hard["pool"]))
     vocab = {f: set() for f in FAMILIES}
     for e in pool:
         vocab[e.meta["family"]] |= set(words(_text(e)))
@@ -90,7 +90,7 @@ def test_partner_examples_overlap_in_words():
 
 
 def test_heldout_examples_are_new(hard):
-    pool = load_examples(hard["pool"])
+    pool = list(open_records(hard["pool"]))
     for fam in ("http_code", "unit_check"):
         held = heldout_examples(fam, 10, seed=7, exclude=pool)
         assert len(held) == 10 and {e.meta["family"] for e in held} == {fam}

@@ -17,6 +17,8 @@ import json
 import os
 import random
 
+from trim_fast.demo import common
+
 FAMILIES = ("arithmetic", "python_docs", "unit_conversion", "conversion_check", "list_sorting",
             "json_reformat")
 
@@ -135,19 +137,6 @@ def make_example(family: str, rng: random.Random) -> tuple[str, str]:
     return _GENERATORS[family](rng)
 
 
-def _write_if_changed(path: str, text: str) -> None:
-    """Leave an identical file untouched: a rerun of the demo into the same directory must look
-    like the same pool (size and mtime) to the resumable scorer."""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return
-    from trim_fast.run.files import atomic_open
-
-    with atomic_open(path) as f:
-        f.write(text)
-
-
 def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8,
              seed: int = 0) -> dict:
     """Write ``pool_chat.jsonl`` (chat ``messages``), ``pool_alpaca.jsonl`` (Alpaca) and
@@ -175,8 +164,8 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
         else:
             rec = {"id": f"pool-{i:06d}", "family": fam, "instruction": q, "input": "", "output": a}
             alpaca.append(json.dumps(rec) + "\n")
-    _write_if_changed(chat_path, "".join(chat))
-    _write_if_changed(alpaca_path, "".join(alpaca))
+    common.write_if_changed(chat_path, "".join(chat))
+    common.write_if_changed(alpaca_path, "".join(alpaca))
     pool_texts = {(q, a) for _, q, a in records}
     target_paths = {}
     trng = random.Random(seed + 1_000_003)
@@ -192,30 +181,14 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
             lines.append(json.dumps(rec) + "\n")
             if len(lines) == targets_per_family:
                 break
-        _write_if_changed(path, "".join(lines))
+        common.write_if_changed(path, "".join(lines))
         target_paths[fam] = path
     return {"pool": [chat_path, alpaca_path], "targets": target_paths, "family_counts": counts}
 
 
 def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
     """``n`` new examples of ``family`` (chat format), none equal to an example in ``exclude``."""
-    from trim_fast.data import record_to_example
-
-    seen = {json.dumps(e.messages) for e in exclude if e.messages is not None}
-    rng = random.Random(seed)
-    out = []
-    for _ in range(100 * n):
-        q, a = make_example(family, rng)
-        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        if json.dumps(msgs) in seen:
-            continue
-        seen.add(json.dumps(msgs))
-        out.append(record_to_example(
-            {"id": f"heldout-{family}-{len(out)}", "family": family, "messages": msgs}, "messages",
-            source=f"heldout:{family}", line=len(out) + 1))
-        if len(out) == n:
-            return out
-    raise ValueError(f"could not make {n} new examples of {family!r}")
+    return common.heldout_examples(make_example, family, n, seed=seed, exclude=exclude)
 
 
 def main(argv=None) -> None:

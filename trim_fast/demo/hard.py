@@ -36,8 +36,9 @@ import inspect
 import json
 import os
 import random
-import tempfile
 import unicodedata
+
+from trim_fast.demo import common
 
 PAIRS = (
     ("http_meaning", "http_code"),
@@ -230,23 +231,6 @@ def make_example(family: str, rng: random.Random) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_if_changed(path: str, text: str) -> None:
-    """Atomic write; an identical file is left untouched (same size and mtime for a resume)."""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _unique(family: str, rng: random.Random, n: int, taken: set) -> list[tuple[str, str]]:
     """``n`` examples of ``family`` not in ``taken`` (which grows)."""
     out = []
@@ -287,8 +271,8 @@ def generate(out_dir: str, *, per_family: int = 60, targets_per_family: int = 8,
             alpaca.append(json.dumps(rec) + "\n")
     chat_path = os.path.join(out_dir, "pool_chat.jsonl")
     alpaca_path = os.path.join(out_dir, "pool_alpaca.jsonl")
-    _write_if_changed(chat_path, "".join(chat))
-    _write_if_changed(alpaca_path, "".join(alpaca))
+    common.write_if_changed(chat_path, "".join(chat))
+    common.write_if_changed(alpaca_path, "".join(alpaca))
     target_paths = {}
     trng = random.Random(seed + 1_000_003)
     for fam in FAMILIES:
@@ -298,7 +282,7 @@ def generate(out_dir: str, *, per_family: int = 60, targets_per_family: int = 8,
                    "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
             lines.append(json.dumps(rec) + "\n")
         path = os.path.join(out_dir, "targets", f"{fam}.jsonl")
-        _write_if_changed(path, "".join(lines))
+        common.write_if_changed(path, "".join(lines))
         target_paths[fam] = path
     return {"pool": [chat_path, alpaca_path], "targets": target_paths,
             "family_counts": {f: per_family for f in FAMILIES}, "pairs": dict(PARTNER)}
@@ -306,23 +290,7 @@ def generate(out_dir: str, *, per_family: int = 60, targets_per_family: int = 8,
 
 def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
     """``n`` new examples of ``family`` (chat format), none equal to an example in ``exclude``."""
-    from trim_fast.data.formats import to_example
-
-    seen = {json.dumps(e.messages) for e in exclude if getattr(e, "messages", None) is not None}
-    rng = random.Random(seed)
-    out = []
-    for _ in range(200 * n):
-        q, a = make_example(family, rng)
-        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        key = json.dumps(msgs)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(to_example({"id": f"heldout-{family}-{len(out)}", "family": family, "messages": msgs},
-                              "messages", f"heldout:{family}", len(out) + 1))
-        if len(out) == n:
-            return out
-    raise ValueError(f"could not make {n} new examples of {family!r}")
+    return common.heldout_examples(make_example, family, n, seed=seed, exclude=exclude)
 
 
 def main(argv=None) -> None:
