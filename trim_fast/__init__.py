@@ -10,8 +10,9 @@ the run machinery and :class:`trim_fast.Selector` puts it together. The kernels 
 :mod:`trim_fast.ops`. Names below are imported on first use, so ``import trim_fast.ops`` stays
 free of transformers.
 """
-import importlib
 import logging
+
+from trim_fast._lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -39,14 +40,7 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trim_fast' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__():
