@@ -222,6 +222,21 @@ def test_dataflex_selector_refusals(dataflex_build, lf_rows):
         dataflex_build({"layers": 0}, pool, pool)
 
 
+def test_dataflex_scope_sets_the_counted_tokens():
+    """response: the labels as given; all: labels dropped; prompt: the -100 tokens count."""
+    import datasets
+
+    from trim_fast.data import open_records
+    from trim_fast.integrations.dataflex import counted_rows
+
+    rows = datasets.Dataset.from_list([{"input_ids": [5, 6, 7, 8], "attention_mask": [1, 1, 1, 1],
+                                        "labels": [-100, -100, 7, 8]}])
+    counted = {scope: next(iter(open_records(counted_rows(rows, scope)))).tokens[1]
+               for scope in ("response", "all", "prompt")}
+    assert counted == {"response": [False, False, True, True], "all": [True] * 4,
+                       "prompt": [True, True, False, False]}
+
+
 def test_dataflex_missing_names_install_command(monkeypatch):
     for name in [m for m in sys.modules if m == "dataflex" or m.startswith("dataflex.")]:
         monkeypatch.setitem(sys.modules, name, None)
@@ -296,6 +311,7 @@ def test_data_juicer_operator_equals_cli_topk(dj, dj_cli, chat_pool, tiny_model_
     assert picked["id"] == out["id"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # data-juicer's jsonargparse calls
 def test_data_juicer_recipe_runs_the_operator(tmp_path, monkeypatch, dj, dj_cli, chat_pool,
                                              tiny_model_dir):
     """A data-juicer recipe names the op and its settings; data-juicer parses them against the
@@ -307,11 +323,19 @@ def test_data_juicer_recipe_runs_the_operator(tmp_path, monkeypatch, dj, dj_cli,
 
     _, Fields, plugin = dj
     pool, target, top, scores, _ = dj_cli
-    # data-juicer's logger setup would redirect this process's stdout/stderr into loguru
+    # data-juicer's logger setup would redirect this process's stdout/stderr into loguru, and
+    # its ds_cache_dir moves the datasets cache of the whole process: put both back afterwards
     monkeypatch.setattr(logger_utils, "LOGGER_SETUP", True)
+    from datasets import config
+
+    for name in ("HF_DATASETS_CACHE", "DEFAULT_DOWNLOADED_DATASETS_PATH",
+                 "DOWNLOADED_DATASETS_PATH", "DEFAULT_EXTRACTED_DATASETS_PATH",
+                 "EXTRACTED_DATASETS_PATH"):
+        monkeypatch.setattr(config, name, getattr(config, name))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "project_name": "trim", "dataset_path": pool, "text_keys": "messages", "np": 1,
+        "ds_cache_dir": str(tmp_path / "hf_cache"),
         "export_path": str(tmp_path / "out" / "result.jsonl"),
         "process": [{"trim_selector": {"targets": target, "model": tiny_model_dir, "k": K}}]}))
     DefaultExecutor(init_configs(args=["--config", str(recipe)])).run()
@@ -321,6 +345,22 @@ def test_data_juicer_recipe_runs_the_operator(tmp_path, monkeypatch, dj, dj_cli,
         got = [json.loads(line)[Fields.stats][plugin.SCORE_KEY] for line in f]
     assert ids == [chat_pool[i]["id"] for i in top]
     assert got == pytest.approx([scores[i] for i in top], rel=1e-6)
+
+
+def test_data_juicer_operator_reads_rows_of_no_known_shape_from_text_key(dj, chat_pool,
+                                                                       demo_data, tiny_model_dir):
+    import datasets
+
+    OPERATORS, Fields, plugin = dj
+    texts = [" ".join(m["content"] for m in r["messages"]) for r in chat_pool[:12]]
+    target = demo_data["targets"]["arithmetic"]
+    runs = {}
+    for key in ("text", "content"):
+        ds = datasets.Dataset.from_list([{"id": str(i), key: t} for i, t in enumerate(texts)])
+        out = OPERATORS.modules["trim_selector"](targets=target, model=tiny_model_dir, k=3,
+                                                 text_key=key, num_proc=1).run(ds)
+        runs[key] = (out["id"], [s[plugin.SCORE_KEY] for s in out[Fields.stats]])
+    assert runs["content"] == runs["text"] and len(runs["text"][0]) == 3
 
 
 def test_data_juicer_operator_refuses_bad_settings(dj):

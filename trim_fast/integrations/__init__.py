@@ -15,9 +15,10 @@ used. The install commands are in each module's docstring: both frameworks insta
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trim_fast.config import SelectionConfig
+if TYPE_CHECKING:
+    from trim_fast.config import SelectionConfig
 
 # SelectionConfig knobs a plug-in exposes as its own parameters. How many examples to keep
 # (fraction/k) is the framework's call, and scope is handled by each plug-in.
@@ -26,9 +27,12 @@ SCORING_KNOBS = ("method", "layers", "w_row", "w_col", "saliency", "fallback", "
                  "chunk_size")
 
 
-def selection_config(**given: Any) -> SelectionConfig:
+def selection_config(**given: Any) -> "SelectionConfig":
     """A :class:`SelectionConfig` from the settings a plug-in was given. ``None`` means "not
-    set", so the defaults stay those of :mod:`trim_fast.config`."""
+    set", so the defaults stay those of :mod:`trim_fast.config`. (Imported here: data-juicer
+    imports every plug-in when it starts, and trim_fast.config brings torch.)"""
+    from trim_fast.config import SelectionConfig
+
     return SelectionConfig(**{k: v for k, v in given.items() if v is not None})
 
 

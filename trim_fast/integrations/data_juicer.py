@@ -14,7 +14,8 @@ Install (data-juicer's declared dependencies pin dill/multiprocess and pull in s
 more; these are the packages that importing and running an operator needs next to
 trim_fast)::
 
-    pip install loguru tomli aiohttp httpx wget emoji jsonargparse beautifulsoup4 tabulate ray
+    pip install loguru tomli aiohttp httpx wget emoji 'jsonargparse<5' beautifulsoup4 tabulate \
+        jsonlines ray
     pip install --no-deps py-data-juicer
 
 Install ray yourself: data-juicer needs it to build any operator, and if it is missing,
@@ -44,8 +45,8 @@ From Python::
 ``topk_specified_field_selector(field_key="__dj__stats__.trim_score", topk=k)``. That selector
 picks the same top ``k`` as long as no row is unscored (-inf), because it breaks ties by the
 lower index too. Rows are read as trim_fast reads records: messages, ShareGPT, Alpaca,
-prompt/completion, pre-tokenized or plain ``text``. A ``text_key`` other than ``text`` reads that
-column as plain text.
+prompt/completion, pre-tokenized or plain ``text`` (``format`` forces one). Rows of none of these
+shapes are read from the op's ``text_key`` column as plain text.
 """
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from trim_fast.integrations import selection_config
 
-INSTALL = ("pip install loguru tomli aiohttp httpx wget emoji jsonargparse beautifulsoup4 "
-           "tabulate ray && pip install --no-deps py-data-juicer")
+INSTALL = ("pip install loguru tomli aiohttp httpx wget emoji 'jsonargparse<5' beautifulsoup4 "
+           "tabulate jsonlines ray && pip install --no-deps py-data-juicer")
 NAME = "trim_selector"
 SCORE_KEY = "trim_score"
 
@@ -127,7 +128,6 @@ class TrimSelector(Selector):
         self.model, self.adapter, self.device, self.dtype = model, adapter, device, dtype
         self.k, self.fraction, self.keep_all, self.score_key = k, fraction, keep_all, score_key
         self.format, self.split = format, split
-        self.read_text_key = kwargs.get("text_key") not in (None, "text")
         # checked now, so a bad recipe fails before any model is loaded
         self.config = selection_config(
             fraction=fraction, k=k, scope=scope, method=method, layers=layers, w_row=w_row,
@@ -138,11 +138,14 @@ class TrimSelector(Selector):
 
     def process(self, dataset):
         from trim_fast import Selector as Trim
-        from trim_fast.data import open_records
+        from trim_fast.data import detect_format, open_records
 
         if len(dataset) == 0:
             return dataset
-        to_messages = (lambda row, key=self.text_key: row[key]) if self.read_text_key else None
+        to_messages = None
+        first = dict(dataset[0])
+        if self.format is None and detect_format(first) is None and self.text_key in first:
+            to_messages = lambda row, key=self.text_key: row[key]  # noqa: E731 - plain text
         pool = open_records(dataset, format=self.format, to_messages=to_messages)
         targets = self.targets
         if isinstance(targets, dict):

@@ -181,7 +181,7 @@ def _make_class(base):
                                {"trim_score": scores}, self.accelerator)
             return indices
 
-    TrimSelector.__module__ = __name__
+    TrimSelector.__module__, TrimSelector.__qualname__ = __name__, "TrimSelector"
     return TrimSelector
 
 
