@@ -222,6 +222,25 @@ def test_dataflex_selector_refusals(dataflex_build, lf_rows):
         dataflex_build({"layers": 0}, pool, pool)
 
 
+def test_dataflex_launcher_registers_then_runs_dataflex_launch(monkeypatch):
+    """``python -m trim_fast.integrations.dataflex cfg.yaml``: trim is registered before
+    DataFlex's own launcher runs. (dataflex.launcher itself imports LLaMA-Factory, which does
+    not install here, so a stand-in records the call.)"""
+    _require("dataflex")
+    import types
+
+    from dataflex.core.registry import REGISTRY
+
+    from trim_fast.integrations import dataflex as plugin
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "dataflex.launcher",
+                        types.SimpleNamespace(launch=lambda: calls.append(
+                            REGISTRY.get("selector", "trim"))))
+    plugin.launch()
+    assert calls == [plugin.register()]
+
+
 def test_dataflex_scope_sets_the_counted_tokens():
     """response: the labels as given; all: labels dropped; prompt: the -100 tokens count."""
     import datasets
