@@ -358,6 +358,10 @@ def test_data_juicer_recipe_runs_the_operator(tmp_path, monkeypatch, dj, dj_cli,
         "export_path": str(tmp_path / "out" / "result.jsonl"),
         "process": [{"trim_selector": {"targets": target, "model": tiny_model_dir, "k": K}}]}))
     DefaultExecutor(init_configs(args=["--config", str(recipe)])).run()
+    assert config.HF_DATASETS_CACHE == tmp_path / "hf_cache"  # (put back at teardown)
+    import datasets
+
+    assert datasets.is_caching_enabled()  # nothing else of the process was switched
     with open(tmp_path / "out" / "result.jsonl") as f:
         ids = [json.loads(line)["id"] for line in f]
     with open(tmp_path / "out" / "result_stats.jsonl") as f:
