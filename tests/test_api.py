@@ -272,3 +272,25 @@ def test_library_calls_print_nothing_and_log_to_trim_fast(tiny_model_dir, data, 
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     assert any(r.name.startswith("trim_fast") for r in caplog.records)
+
+
+def test_weights_digest_follows_the_weights(tiny_model_dir, data):
+    """The bank's model digest is computed once while the weights stay as they are, and anew
+    when a training step changes them (a frontend trains between selections)."""
+    from unittest import mock
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trim_fast import Selector
+    from trim_fast.models import loading
+
+    pool, targets = data
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    selector = Selector(model, AutoTokenizer.from_pretrained(tiny_model_dir))
+    with mock.patch("trim_fast.api.weights_digest", wraps=loading.weights_digest) as digest:
+        first = selector.select(pool[:6], targets).banks["targets"].meta["model"]["digest"]
+        assert digest.call_count == 1  # fingerprint and score share it
+        with torch.no_grad():
+            next(model.parameters()).add_(1e-2)  # what an optimizer step does
+        banks = selector.fingerprint(targets)
+        assert digest.call_count == 2 and banks["targets"].meta["model"]["digest"] != first

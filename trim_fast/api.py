@@ -256,7 +256,12 @@ class Selector:
         return open_records(records.take(picks))
 
     def _model_info(self, base) -> dict:
-        return {"name": self.model_name, "digest": weights_digest(base)}
+        # The digest is a pass over the weights: kept while every parameter is the same tensor
+        # at the same version (an optimizer step or a merge changes one or the other).
+        key = tuple((id(p), p.data_ptr(), p._version) for p in base.parameters())
+        if getattr(self, "_digest_key", None) != key:
+            self._digest_key, self._digest = key, weights_digest(base)
+        return {"name": self.model_name, "digest": self._digest}
 
 
 def _tasks(targets: Any, task: str | None) -> dict[str, Records]:
