@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 
 from trim_fast.bank import FingerprintBank
-from trim_fast.bank.build import fingerprint_tokens, target_family
+from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
 from trim_fast.config import SelectionConfig
 from trim_fast.data import DataError, Records, open_records, tokenizer_digest
 from trim_fast.models.loading import weights_digest
@@ -41,8 +41,8 @@ from trim_fast.selection import Selection, choose
 logger = logging.getLogger("trim_fast")
 
 # Settings a bank and the pool's scoring must share: the bank was built to be compared with
-# hidden states of that method, and token counts of that scope and length.
-SHARED_WITH_POOL = ("method", "scope", "max_length")
+# hidden states of that method and centring, and token counts of that scope and length.
+SHARED_WITH_POOL = ("method", "scope", "max_length", "center")
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Selector:
     def __init__(self, model: Any = None, tokenizer: Any = None,
                  config: SelectionConfig | None = None, *, adapter: str | None = None,
                  device: str | None = None, dtype: str = "auto", progress: bool = False):
-        self.config = config or SelectionConfig()
+        self.config = (config or SelectionConfig()).resolved()
         self.progress = progress
         if isinstance(model, torch.nn.Module):
             if tokenizer is None:
@@ -117,17 +117,41 @@ class Selector:
                            if i is not None)
 
     # -- targets -> banks ---------------------------------------------------------------------
-    def fingerprint(self, targets: Any, *, task: str | None = None) -> dict[str, FingerprintBank]:
+    def fingerprint(self, targets: Any, *, task: str | None = None,
+                    pool: Any = None) -> dict[str, FingerprintBank]:
         """One bank per task. ``targets``: one task's records (named ``task``, default
-        ``"targets"``), or a mapping ``{task: records}``."""
+        ``"targets"``), or a mapping ``{task: records}``. ``pool``: the pool the banks are for;
+        a method that centres (the default) takes the mean state of a seeded sample of it."""
         tasks = _tasks(targets, task)
         ctx = DistContext.current()
         with forward_model(self.model) as base:
             info = self._model_info(base)
-            return ctx.on_main(lambda: {name: self._fingerprint_task(base, name, recs, info)
-                                        for name, recs in tasks.items()})
 
-    def _fingerprint_task(self, base, name: str, records: Records, info: dict) -> FingerprintBank:
+            def build():
+                center = self._pool_center(base, pool) if self.config.center == "pool" else None
+                return {name: self._fingerprint_task(base, name, recs, info, center)
+                        for name, recs in tasks.items()}
+
+            return ctx.on_main(build)
+
+    def _pool_center(self, base, pool: Any) -> torch.Tensor:
+        """The mean state of the counted tokens of ``center_sample`` pool examples (seeded)."""
+        cfg = self.config
+        if pool is None:
+            raise ValueError(f"method {cfg.method!r} centres hidden states by the mean state of "
+                             "the pool: pass the pool (fingerprint(targets, pool=...); on the "
+                             "command line --pool), or set center='none'")
+        records = open_records(pool)
+        size = records.count()
+        picks = sorted(random.Random(cfg.seed).sample(range(size), min(cfg.center_sample, size)))
+        chunk = tokenize_chunk(self.tokenizer, records.take(picks), cfg)
+        center = mean_state(base, chunk, cfg, pad_id=self.pad_id)
+        logger.info("mean state of %d pool example(s) (seed %d) centres the hidden states",
+                    len(picks), cfg.seed)
+        return center
+
+    def _fingerprint_task(self, base, name: str, records: Records, info: dict,
+                          center: torch.Tensor | None) -> FingerprintBank:
         examples = list(records)
         if not examples:
             raise DataError(f"task {name!r}: no target examples")
@@ -136,7 +160,7 @@ class Selector:
                 "family": target_family([e.meta.get("family") for e in examples]),
                 "num_targets": len(examples)}
         bank = fingerprint_tokens(base, chunk, self.config, pad_id=self.pad_id, meta=meta,
-                                  progress=self.progress)
+                                  center=center, progress=self.progress)
         logger.info("task %s: %d targets -> %d fingerprints", name, len(examples), len(bank))
         return bank
 
@@ -197,6 +221,12 @@ class Selector:
                 raise ValueError(f"the banks were built with {key}={first.get(key)!r}, this run "
                                  f"scores with {key}={getattr(self.config, key)!r}; use the same "
                                  f"{key}")
+        centers = [b.center for b in banks.values()]
+        if (self.config.center == "pool") != (centers[0] is not None) or any(
+                (c is None) != (centers[0] is None) or (c is not None and not torch.equal(c, centers[0]))
+                for c in centers):
+            raise ValueError("the banks do not share one mean state (center): build the banks of "
+                             "one run together, from one pool")
         vocab = len(self.tokenizer)
         digest = tokenizer_digest(self.tokenizer)
         for name, bank in banks.items():
@@ -227,7 +257,7 @@ class Selector:
         records = open_records(pool)
         if targets is None:
             targets = {"in_domain": self._in_domain_targets(records)}
-        banks = self.fingerprint(targets)
+        banks = self.fingerprint(targets, pool=records)
         scores = self.score(records, banks, work_dir=work_dir, forward_cache=forward_cache)
         sel = self.choose(scores, fraction=fraction, k=k)
         return SelectionResult(sel.indices, scores, sel.combined, sel.k, sel.unscored, banks, records)

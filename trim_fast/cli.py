@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, ModelConfig)
     add_settings(p, SelectionConfig, exclude=("fallback", "fallback_penalty", "idf", "w_mean",
                                               "w_max", "w_coverage", "fraction", "k", "combine",
-                                              "chunk_size"))
+                                              "chunk_size"))  # --pool: in-domain targets, center
 
     p = sub.add_parser("score", help="bank files + pool -> score table (the banks' settings apply)")
     _run_args(p)
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bank file (repeatable)")
     add_settings(p, ModelConfig)
     add_settings(p, SelectionConfig, exclude=("layers", "w_row", "w_col", "saliency",
-                                              "target_sample", "fraction", "k"))
+                                              "target_sample", "center_sample", "fraction", "k"))
 
     p = sub.add_parser("pick", help="score table + pool -> coreset")
     _run_args(p)
@@ -309,7 +309,7 @@ def cmd_select(values: dict) -> int:
             adapter = warm.adapter_dir
         sel = _selector(values, cfg, adapter=adapter)
         banks = sel.fingerprint(tasks if tasks is not None else
-                                {"in_domain": sel._in_domain_targets(pool)})
+                                {"in_domain": sel._in_domain_targets(pool)}, pool=pool)
         scores = sel.score(pool, banks, work_dir=out_dir)
         choice = sel.choose(scores, rounding="less" if values.get("layout") == "less" else "half_up")
         if ctx.is_main:
@@ -399,7 +399,8 @@ def cmd_fingerprint(values: dict) -> int:
     out_dir = outputs.ensure_out_dir(values["out"])
     os.makedirs(os.path.join(out_dir, "banks"), exist_ok=True)
     sel = _selector(values, cfg)
-    banks = sel.fingerprint(tasks if tasks is not None else {"in_domain": sel._in_domain_targets(pool)})
+    banks = sel.fingerprint(tasks if tasks is not None else {"in_domain": sel._in_domain_targets(pool)},
+                            pool=pool)
     for name, bank in banks.items():
         path = os.path.join(out_dir, "banks", f"{name}.safetensors")
         bank.save(path)

@@ -12,7 +12,15 @@ from typing import Any
 from trim_fast.data.render import SCOPES
 from trim_fast.types import FALLBACKS
 
-METHODS = ("paper",)
+METHODS = ("matched", "paper")
+CENTERS = ("pool", "none")
+# What each method sets among the knobs left at None (docs/SPEC.md section 7). "paper" is TRIM as
+# sections 1-4 define it; "matched" scores only the tokens that have a fingerprint, on hidden
+# states centred by the pool's mean state, and is the default (bench/QUALITY.md has the study).
+METHOD_DEFAULTS = {
+    "paper": {"fallback": "nearest", "idf": "pool", "w_coverage": 0.05, "center": "none"},
+    "matched": {"fallback": "skip", "idf": "none", "w_coverage": 0.0, "center": "pool"},
+}
 SALIENCY_BACKENDS = ("auto", "triton", "cpu", "torch", "eager")
 IDF_MODES = ("pool", "none")
 COMBINE_MODES = ("max", "mean")
@@ -32,7 +40,7 @@ def _check_choices(obj) -> None:
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         value = getattr(obj, f.name)
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:
             raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
@@ -40,20 +48,30 @@ def _check_choices(obj) -> None:
 class SelectionConfig:
     """The method's knobs (docs/SPEC.md sections 1-4) and how the work is batched."""
 
-    method: str = setting("paper", "scoring method; 'paper' is TRIM exactly as docs/SPEC.md "
-                          "defines it", choices=METHODS)
+    method: str = setting("matched", "scoring method: 'matched' (the default: tokens with a "
+                          "fingerprint only, centred states) or 'paper' (TRIM exactly as "
+                          "docs/SPEC.md sections 1-4 define it); it sets the knobs left unset",
+                          choices=METHODS)
     layers: int = setting(6, "last L attention layers whose saliency weights the fingerprints")
     w_row: float = setting(0.5, "weight of row saliency Q (how sharply a token attends)")
     w_col: float = setting(0.5, "weight of column saliency K (how much attention a token gets)")
     scope: str = setting("all", "whose message content counts", choices=SCOPES)
     saliency: str = setting("auto", "attention-saliency kernel; 'eager' materialises attention "
                             "with output_attentions (slow, for checks)", choices=SALIENCY_BACKENDS)
-    fallback: str = setting("nearest", "score of a token without a fingerprint", choices=FALLBACKS)
+    fallback: str | None = setting(None, "score of a token without a fingerprint (the method's: "
+                                   "paper nearest, matched skip)", choices=FALLBACKS)
     fallback_penalty: float = setting(0.9, "lambda of the nearest fallback: (1 - lambda) * max cos")
-    idf: str = setting("pool", "token weights: idf over the pool, or none", choices=IDF_MODES)
+    idf: str | None = setting(None, "token weights: idf over the pool, or none (the method's: "
+                              "paper pool, matched none)", choices=IDF_MODES)
     w_mean: float = setting(0.5, "weight of the idf-weighted mean token score")
     w_max: float = setting(0.5, "weight of the best token score")
-    w_coverage: float = setting(0.05, "weight of the share of tokens that have a fingerprint")
+    w_coverage: float | None = setting(None, "weight of the share of scored tokens that have a "
+                                       "fingerprint (the method's: paper 0.05, matched 0)")
+    center: str | None = setting(None, "subtract the pool's mean state from every hidden state "
+                                 "before comparing (the method's: paper none, matched pool)",
+                                 choices=CENTERS)
+    center_sample: int = setting(128, "pool examples (a seeded sample) whose counted tokens give "
+                                 "the mean state")
     fraction: float = setting(0.05, "keep round(fraction * |pool|) examples")
     k: int | None = setting(None, "keep exactly k examples (instead of --fraction)")
     combine: str = setting("max", "how the scores of several target tasks combine",
@@ -68,6 +86,8 @@ class SelectionConfig:
 
     def __post_init__(self):
         _check_choices(self)
+        if self.center_sample < 1:
+            raise ValueError(f"center_sample must be >= 1, got {self.center_sample}")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.k is not None and self.k < 1:
@@ -78,7 +98,7 @@ class SelectionConfig:
             raise ValueError(f"fallback_penalty (lambda) must be in [0, 1], got {self.fallback_penalty}")
         weights = {"w_row": self.w_row, "w_col": self.w_col, "w_mean": self.w_mean,
                    "w_max": self.w_max, "w_coverage": self.w_coverage}
-        bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
+        bad = {k: v for k, v in weights.items() if v is not None and not (math.isfinite(v) and v >= 0)}
         if bad:
             raise ValueError(f"weights must be finite and >= 0, got {bad}")
         if self.chunk_size < 1:
@@ -92,18 +112,26 @@ class SelectionConfig:
     def replace(self, **changes) -> "SelectionConfig":
         return dataclasses.replace(self, **changes)
 
+    def resolved(self) -> "SelectionConfig":
+        """The knobs left at None set to the method's values (what a run uses)."""
+        return self.replace(**{k: v for k, v in METHOD_DEFAULTS[self.method].items()
+                               if getattr(self, k) is None})
+
     def bank_settings(self) -> dict:
         """What a fingerprint bank depends on: stored in its header, checked when it is used."""
-        return {k: getattr(self, k) for k in BANK_FIELDS}
+        cfg = self.resolved()
+        return {k: getattr(cfg, k) for k in BANK_FIELDS}
 
     def scoring_settings(self) -> dict:
         """What the pool's score shards depend on (selection knobs apply later, to the table)."""
-        return {k: getattr(self, k) for k in SCORING_FIELDS}
+        cfg = self.resolved()
+        return {k: getattr(cfg, k) for k in SCORING_FIELDS}
 
 
-BANK_FIELDS = ("method", "layers", "w_row", "w_col", "scope", "max_length")
+BANK_FIELDS = ("method", "layers", "w_row", "w_col", "scope", "max_length", "center",
+               "center_sample")
 SCORING_FIELDS = ("method", "scope", "max_length", "max_tokens", "fallback", "fallback_penalty",
-                  "idf", "w_mean", "w_max", "w_coverage", "chunk_size")
+                  "idf", "w_mean", "w_max", "w_coverage", "center", "chunk_size")
 
 
 @dataclass
@@ -175,5 +203,5 @@ def as_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-__all__ = ["SelectionConfig", "ModelConfig", "WarmupConfig", "METHODS", "SCOPES",
+__all__ = ["SelectionConfig", "ModelConfig", "WarmupConfig", "METHODS", "METHOD_DEFAULTS", "SCOPES",
            "SALIENCY_BACKENDS", "BANK_FIELDS", "SCORING_FIELDS", "as_dict", "setting"]

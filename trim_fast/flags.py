@@ -24,7 +24,8 @@ def add_settings(parser, cls, *, only=None, exclude=(), prefix: str = "", prefix
             name = name if name.startswith(prefix) else f"{prefix}{name}"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(default) if isinstance(default, tuple) else default
-        kw = dict(dest=dest, default=argparse.SUPPRESS, help=f"{meta.get('help', '')} (default: {shown})")
+        suffix = "" if default is None else f" (default: {shown})"  # None: the help says whose
+        kw = dict(dest=dest, default=argparse.SUPPRESS, help=f"{meta.get('help', '')}{suffix}")
         tp = hints[f.name]
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction

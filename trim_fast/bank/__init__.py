@@ -143,8 +143,11 @@ class FingerprintAccumulator:
     def num_tokens(self) -> int:
         return int(self.counts.sum())
 
-    def finish(self, meta: dict | None = None, *, min_norm: float = 1e-6) -> "FingerprintBank":
-        """Normalise the sums; classes whose sum has norm < ``min_norm`` are dropped (SPEC 2)."""
+    def finish(self, meta: dict | None = None, *, min_norm: float = 1e-6,
+               center: torch.Tensor | None = None) -> "FingerprintBank":
+        """Normalise the sums; classes whose sum has norm < ``min_norm`` are dropped (SPEC 2).
+        ``center``: the mean state the added hidden states were centred by (kept with the bank,
+        so that candidates are centred by the same one)."""
         if self.classes.numel() == 0:
             raise ValueError("FingerprintBank: the target set has no counted tokens")
         norm = self.sums.norm(dim=-1)
@@ -162,19 +165,26 @@ class FingerprintAccumulator:
             counts=self.counts[keep].cpu(),
             mass=self.mass[keep].float().cpu(),
             meta=meta,
+            center=None if center is None else center.detach().float().cpu(),
         )
 
 
 @dataclass(eq=False)
 class FingerprintBank(Fingerprints):
     """``classes [C]`` (sorted token ids), unit ``vectors [C, d]`` fp32, ``counts [C]``, ``mass [C]``
-    and ``meta`` (JSON-able: task, model, tokenizer digest, settings). A :class:`Fingerprints`,
-    so the oracle takes it as it is."""
+    and ``meta`` (JSON-able: task, model, tokenizer digest, settings); ``center [d]``: the mean
+    state the hidden states were centred by before fingerprinting (``None``: not centred). A
+    :class:`Fingerprints`, so the oracle takes it as it is."""
 
     meta: dict = field(default_factory=dict)
+    center: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_bank_tensors(self.classes, self.vectors, self.counts, self.mass, "FingerprintBank")
+        if self.center is not None and (tuple(self.center.shape) != (self.dim,)
+                                        or not bool(torch.isfinite(self.center).all())):
+            raise ValueError(f"FingerprintBank: center must be a finite [{self.dim}] vector, got "
+                             f"{tuple(self.center.shape)}")
         try:
             json.dumps(self.meta)
         except TypeError as exc:
@@ -227,7 +237,8 @@ class FingerprintBank(Fingerprints):
 
     def to(self, device: torch.device | str) -> "FingerprintBank":
         return FingerprintBank(self.classes.to(device), self.vectors.to(device),
-                               self.counts.to(device), self.mass.to(device), dict(self.meta))
+                               self.counts.to(device), self.mass.to(device), dict(self.meta),
+                               None if self.center is None else self.center.to(device))
 
     def tables(self, device: torch.device | str, *, index_backend: str = "auto") -> "BankTables":
         """What scoring reads, on ``device``: fp32 ``vectors``, the ``row_table`` and the
@@ -242,10 +253,13 @@ class FingerprintBank(Fingerprints):
         return self._tables[key]
 
     def digest(self) -> str:
-        """A hash of the bank's classes and vectors: what a score shard was computed against."""
+        """A hash of the bank's classes, vectors and center: what a score shard was computed
+        against."""
         h = hashlib.sha256()
         h.update(self.classes.to(torch.int64).cpu().numpy().tobytes())
         h.update(self.vectors.float().cpu().numpy().tobytes())
+        if self.center is not None:
+            h.update(self.center.float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
     # -- files ----------------------------------------------------------------------------
@@ -259,6 +273,8 @@ class FingerprintBank(Fingerprints):
             "counts": self.counts.detach().to("cpu", torch.int64).contiguous(),
             "mass": self.mass.detach().to("cpu", torch.float32).contiguous(),
         }
+        if self.center is not None:
+            tensors["center"] = self.center.detach().to("cpu", torch.float32).contiguous()
         header = {"format": FORMAT, "version": str(FORMAT_VERSION), "meta": json.dumps(self.meta)}
         save_safetensors_atomic(tensors, os.fspath(path), header)
 
@@ -275,7 +291,8 @@ class FingerprintBank(Fingerprints):
             with safe_open(path, framework="pt", device="cpu") as f:
                 header = f.metadata() or {}
                 names = set(f.keys())
-                tensors = {name: f.get_tensor(name) for name in _TENSOR_NAMES if name in names}
+                tensors = {name: f.get_tensor(name) for name in (*_TENSOR_NAMES, "center")
+                           if name in names}
         except Exception as exc:  # noqa: BLE001 - every parse failure is "not a bank file"
             raise ValueError(f"{path!r} is not a readable fingerprint bank (corrupt or not a "
                              f"safetensors file): {exc}") from None
@@ -296,7 +313,11 @@ class FingerprintBank(Fingerprints):
             raise ValueError(f"{path!r}: the bank's JSON header must be an object")
         _check_bank_tensors(tensors["classes"], tensors["vectors"], tensors["counts"],
                             tensors["mass"], f"{path!r}", check_unit=True)
-        bank = cls(tensors["classes"], tensors["vectors"], tensors["counts"], tensors["mass"], meta)
+        try:
+            bank = cls(tensors["classes"], tensors["vectors"], tensors["counts"], tensors["mass"],
+                       meta, tensors.get("center"))
+        except ValueError as exc:
+            raise ValueError(f"{path!r}: {exc}") from None
         return bank if torch.device(device).type == "cpu" else bank.to(device)
 
 

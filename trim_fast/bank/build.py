@@ -5,18 +5,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 
 from trim_fast.bank import FingerprintAccumulator, FingerprintBank
 from trim_fast.batching import TokenChunk, pad_batch
-from trim_fast.capture import capture_eager, capture_saliency
+from trim_fast.capture import capture_eager, capture_saliency, encode_last_hidden
 from trim_fast.config import SelectionConfig
 from trim_fast.progress import Progress
 
 
 def fingerprint_tokens(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id: int,
-                       meta: dict, progress: bool = False) -> FingerprintBank:
+                       meta: dict, center: torch.Tensor | None = None,
+                       progress: bool = False) -> FingerprintBank:
     """One bank from the tokenised targets of one task (``chunk``). ``model`` is the base
-    transformer, in eval mode."""
+    transformer, in eval mode; ``center``: the mean state subtracted from every hidden state
+    first (``cfg.center == "pool"``)."""
     if len(chunk) == 0:
         raise ValueError("empty target set: a task needs at least one target example")
     if not bool(chunk.counted.any()):
@@ -33,9 +36,27 @@ def fingerprint_tokens(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id
                 cap = capture_saliency(model, ids, mask, backend=cfg.saliency, **kw)
             if acc is None:
                 acc = FingerprintAccumulator(cap.hidden.shape[-1])
-            acc.add(cap.hidden[counted], ids[counted], cap.alpha[counted])
+            hidden = cap.hidden[counted]
+            if center is not None:
+                hidden = hidden.float() - center.to(hidden.device)
+            acc.add(hidden, ids[counted], cap.alpha[counted])
             bar.update(int(mask.sum()))
-    return acc.finish(dict(meta, settings=cfg.bank_settings()))
+    return acc.finish(dict(meta, settings=cfg.bank_settings()), center=center)
+
+
+def mean_state(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id: int) -> torch.Tensor:
+    """``[d]`` fp32: the mean last hidden state of the counted tokens of ``chunk`` (accumulated in
+    float64), the center of ``cfg.center == "pool"``."""
+    device = next(model.parameters()).device
+    total, count = None, 0
+    for batch in chunk.batches(cfg.max_tokens):
+        ids, mask, counted = pad_batch([chunk.example(i) for i in batch], pad_id, device)
+        hidden = encode_last_hidden(model, ids, mask)[counted].double()
+        total = hidden.sum(0) if total is None else total + hidden.sum(0)
+        count += hidden.shape[0]
+    if not count:
+        raise ValueError("the pool sample has no counted token to take a mean state from")
+    return (total / count).float().cpu()
 
 
 def target_family(labels: Sequence) -> str | None:
@@ -46,4 +67,4 @@ def target_family(labels: Sequence) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-__all__ = ["fingerprint_tokens", "target_family"]
+__all__ = ["fingerprint_tokens", "mean_state", "target_family"]

@@ -115,7 +115,7 @@ ABLATIONS: list[tuple[str, str, dict]] = [
 
 def trim_task_scores(selector: Selector, pool, targets: dict, cache: ForwardCache) -> torch.Tensor:
     """``[T, P]``: every task's TRIM scores, through the shipped path."""
-    banks = selector.fingerprint(targets)
+    banks = selector.fingerprint(targets, pool=pool)
     return selector.score(pool, banks, forward_cache=cache).score
 
 
@@ -129,7 +129,7 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
     families = [e.meta.get("family") for e in examples]
     if not any(families):
         raise ValueError("eval needs a labelled pool: records with a 'family' field")
-    banks = selector.fingerprint(targets)
+    banks = selector.fingerprint(targets, pool=pool)
     scores = selector.score(pool, banks, forward_cache=cache)
     lengths = scores.n_tokens.tolist()
     logger.info("pool of %d scored in %.1fs", len(examples), scores.seconds_forward)

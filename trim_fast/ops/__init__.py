@@ -1,10 +1,7 @@
 """Kernels on plain tensors, each op in its folder with its naive twin beside the fast paths.
-Names are imported from their modules on first use."""
-from trim_fast._lazy import lazy_exports
+Importing this package imports torch (and the C++ extension where built), nothing of the model
+side: no transformers, no bank, no CLI."""
+from trim_fast.ops.attention_saliency import attention_saliency, attention_saliency_varlen
+from trim_fast.ops.token_match import match_and_pool, token_scores
 
-_EXPORTS = {
-    "attention_saliency": ".attention_saliency", "attention_saliency_varlen": ".attention_saliency",
-    "match_and_pool": ".token_match", "token_scores": ".token_match",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["attention_saliency", "attention_saliency_varlen", "match_and_pool", "token_scores"]

@@ -128,7 +128,9 @@ def tokenize_chunk(tokenizer, examples: Sequence, cfg: SelectionConfig) -> Token
 
 
 class BatchScorer:
-    """The forward and the per-task scoring of one batch, for a method and its banks."""
+    """The forward and the per-task scoring of one batch, for a method and its banks: the last
+    hidden states, centred by the banks' mean state where the method centres (all banks of a run
+    share it), matched and pooled against each bank."""
 
     def __init__(self, banks: dict, cfg: SelectionConfig, idf: torch.Tensor | None,
                  device: torch.device):
@@ -136,12 +138,16 @@ class BatchScorer:
         self.tables = [banks[t].tables(device) for t in self.tasks]
         self.cfg = cfg
         self.idf = None if idf is None else idf.to(device)
+        center = next(iter(banks.values())).center
+        self.center = None if center is None else center.to(device)
 
     def encode(self, model, ids, mask) -> torch.Tensor:
         return encode_last_hidden(model, ids, mask)
 
     def score(self, hidden, ids, counted) -> list:
         cfg = self.cfg
+        if self.center is not None:
+            hidden = hidden.float() - self.center
         return [match_and_pool(hidden, ids, counted, t.vectors, t.row_table, idf=self.idf,
                                fallback=cfg.fallback, fallback_penalty=cfg.fallback_penalty,
                                w_mean=cfg.w_mean, w_max=cfg.w_max, w_coverage=cfg.w_coverage,
