@@ -172,7 +172,7 @@ def test_eval_scores_are_the_select_commands(tmp_path, tiny_model_dir, demo_data
 
     task = demo_data["targets"]["arithmetic"]
     result = run_quality(Selector(tiny_model_dir), open_records(demo_data["pool"]),
-                         {"arithmetic": open_records(task)}, ablations=False)
+                         {"arithmetic": open_records(task)}, study=False)
     out = tmp_path / "sel"
     assert main(["select", "--model", tiny_model_dir, *sum((["--pool", p] for p in demo_data["pool"]), []),
                  "--targets", task, "--out", str(out), "--no-progress"]) == 0

@@ -69,24 +69,43 @@ def test_eval_command_end_to_end(tmp_path, tiny_model_dir):
                  "--out", str(out)]) == 0
     result = json.load(open(out / "quality.json"))
     assert result["pool_size"] == 60 and len(result["families"]) == 6
+    selectors = {"TRIM default (matched)", "TRIM paper", "BM25", "random",
+                 "mean-cosine, last layer", "mean-cosine, last layer, centred",
+                 "mean-cosine, layer 2", "mean-cosine, layer 2, centred"}
+    assert set(result["summary"]) == selectors
     for fam in result["families"].values():
-        assert set(fam["selectors"]) == {"TRIM", "random", "repsim", "bm25"}
-        assert fam["family_size"] == 10
+        assert set(fam["selectors"]) == selectors and fam["family_size"] == 10
         for metrics in fam["selectors"].values():
             for k, v in metrics.items():
                 assert (0.0 <= v <= 1.0) if k.startswith(("P@", "R@")) else v > 0
         # recall at k = family size equals precision there
-        trim = fam["selectors"]["TRIM"]
+        trim = fam["selectors"]["TRIM default (matched)"]
         assert math.isclose(trim["P@|family|"], trim["R@|family|"])
-    groups = {r["group"] for r in result["ablations"]}
-    assert groups == {"layers L", "saliency", "pooling", "fallback", "idf", "scope"}
+    for name, s in result["summary"].items():
+        worst = min(f["selectors"][name]["P@|family|"] for f in result["families"].values())
+        assert s["worst P@|family|"] == worst
+    assert {r["group"] for r in result["study"]} == {"matched", "paper"}
     down = result["downstream"]
-    assert set(down["losses"]) == {"base model", "TRIM 5%", "random 5%"}
+    assert set(down["losses"]) == {"base model", "TRIM default (matched)", "TRIM paper",
+                                   "mean-cosine", "random"}
     assert all(math.isfinite(v) and v > 0 for v in down["losses"].values())
-    assert down["train_size"] == {"TRIM 5%": 3, "random 5%": 3} and down["heldout_size"] == 4
+    assert set(down["train_size"].values()) == {3} and down["heldout_size"] == 4
     md = (out / "quality.md").read_text()
-    assert "| unit_conversion | 10 | TRIM |" in md and "Downstream" in md
+    assert "| TRIM default (matched) |" in md and "Downstream" in md and "Study" in md
     assert (out / "quality.png").stat().st_size > 0
+
+
+def test_eval_on_the_hard_pool_with_warmup(tmp_path, tiny_model_dir):
+    out = tmp_path / "hard"
+    assert main(["eval", "--model", tiny_model_dir, "--pool-kind", "hard", "--per-family", "12",
+                 "--targets-per-family", "2", "--no-study", "--warmup", "--downstream", "none",
+                 "--out", str(out)]) == 0
+    result = json.load(open(out / "quality.json"))
+    assert result["pool_size"] == 96 and len(result["families"]) == 8
+    warmed = result["warmed"]
+    assert set(warmed["summary"]) == set(result["summary"])
+    assert warmed["warmup"]["subset_size"] == 5  # round(0.05 * 96), SPEC 5
+    assert "After the LoRA warmup" in (out / "quality.md").read_text()
 
 
 def test_eval_refuses_an_unlabelled_pool(tmp_path, tiny_model_dir, capsys):

@@ -1,28 +1,42 @@
-"""``trim-fast eval``: selection quality on a labelled pool (the demo pool by default)."""
+"""``trim-fast eval``: selection quality on a labelled pool: the generated demo pool (families that
+differ in topic: the floor check), the generated hard pool (families in pairs that share their
+vocabulary but not their task), or your own files."""
 from __future__ import annotations
 
 import logging
 import os
+import random
 
-from trim_fast.config import ModelConfig, SelectionConfig
+from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig
 
 logger = logging.getLogger("trim_fast")
+
+DOWNSTREAM_FAMILY = {"demo": "unit_conversion", "hard": "unit_check"}
 
 
 def add_eval_parser(sub) -> None:
     from trim_fast.flags import add_settings
 
-    p = sub.add_parser("eval", help="selection quality on a labelled pool: TRIM against random, "
-                       "mean-pooled cosine and BM25; ablations; a downstream check")
+    p = sub.add_parser("eval", help="selection quality on a labelled pool: the selectors against "
+                       "mean-pooled cosine, BM25 and random; the study's variants; warmup; a "
+                       "downstream check")
+    p.add_argument("--pool-kind", choices=("demo", "hard"), default="demo",
+                   help="generated pool when no --pool is given: demo (families differ in topic) "
+                        "or hard (families in vocabulary-sharing pairs)")
     p.add_argument("--pool", action="append", default=[], metavar="SOURCE",
-                   help="labelled pool (records carry 'family'); default: the demo generator's")
+                   help="labelled pool (records carry 'family'); default: generated (--pool-kind)")
     p.add_argument("--targets", action="append", default=[], metavar="SOURCE",
                    help="one source per family (its records' 'family' names it)")
     p.add_argument("--pool-size", type=int, default=1000, help="demo pool size")
+    p.add_argument("--per-family", type=int, default=60, help="hard pool: examples per family")
     p.add_argument("--targets-per-family", type=int, default=8)
-    p.add_argument("--no-ablations", action="store_true")
-    p.add_argument("--downstream", default="unit_conversion",
-                   help="family for the LoRA downstream check ('none' to skip)")
+    p.add_argument("--no-study", action="store_true", help="only the headline selectors")
+    p.add_argument("--warmup", action="store_true",
+                   help="also evaluate after the SPEC 5 LoRA warmup on the pool (defaults of "
+                        "WarmupConfig)")
+    p.add_argument("--downstream", default=None,
+                   help="family for the LoRA downstream check (default: unit_conversion on the "
+                        "demo pool, unit_check on the hard pool; 'none' to skip)")
     p.add_argument("--heldout", default=None,
                    help="held-out examples of the downstream family (default: generated)")
     p.add_argument("--heldout-size", type=int, default=32)
@@ -33,24 +47,32 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     add_settings(p, ModelConfig, only=("model", "device", "dtype"))
-    add_settings(p, SelectionConfig, only=("method", "max_tokens"))
+    add_settings(p, SelectionConfig, only=("max_tokens",))
 
 
 def cmd_eval(values: dict) -> int:
     from trim_fast.api import Selector
-    from trim_fast.flags import build_settings
     from trim_fast.data import DataError, open_records
-    from trim_fast.demo.generate import generate, heldout_examples
+    from trim_fast.demo import generate as demo_pool
+    from trim_fast.demo import hard as hard_pool
     from trim_fast.evaluation.quality import run_downstream, run_quality, save_result
+    from trim_fast.flags import build_settings
     from trim_fast.run.outputs import ensure_out_dir
 
     out_dir = ensure_out_dir(values["out"])
     if bool(values["pool"]) != bool(values["targets"]):
-        raise ValueError("give both --pool and --targets, or neither (the demo data is used)")
-    demo = not values["pool"]
-    if demo:
-        manifest = generate(os.path.join(out_dir, "data"), pool_size=values["pool_size"],
-                            targets_per_family=values["targets_per_family"], seed=values["seed"])
+        raise ValueError("give both --pool and --targets, or neither (a generated pool is used)")
+    kind = None if values["pool"] else values["pool_kind"]
+    generator = {"demo": demo_pool, "hard": hard_pool, None: None}[kind]
+    if kind == "demo":
+        manifest = demo_pool.generate(os.path.join(out_dir, "data"), pool_size=values["pool_size"],
+                                      targets_per_family=values["targets_per_family"],
+                                      seed=values["seed"])
+    elif kind == "hard":
+        manifest = hard_pool.generate(os.path.join(out_dir, "data"), per_family=values["per_family"],
+                                      targets_per_family=values["targets_per_family"],
+                                      seed=values["seed"])
+    if kind is not None:
         values["pool"], values["targets"] = manifest["pool"], list(manifest["targets"].values())
     pool = open_records(values["pool"])
     targets = {os.path.basename(p).split(".")[0]: open_records(p) for p in values["targets"]}
@@ -58,28 +80,45 @@ def cmd_eval(values: dict) -> int:
         raise DataError("eval: the pool is empty")
     mc = build_settings(ModelConfig, values)
     cfg = build_settings(SelectionConfig, values, base=SelectionConfig(seed=values["seed"]))
-    selector = Selector(mc.model, config=cfg, device=mc.device, dtype=mc.dtype,
-                        progress=not values["no_progress"])
-    result = run_quality(selector, pool, targets, ablations=not values["no_ablations"])
+    progress = not values["no_progress"]
+    selector = Selector(mc.model, config=cfg, device=mc.device, dtype=mc.dtype, progress=progress)
+    study = not values["no_study"]
+    result = run_quality(selector, pool, targets, study=study)
+
+    warmed = None
+    if values["warmup"]:
+        from trim_fast.warmup import run_warmup
+
+        adapter = os.path.join(out_dir, "warmup_adapter")
+        warm = run_warmup(mc.model, list(pool), selector.tokenizer, WarmupConfig(seed=values["seed"]),
+                          adapter, device=mc.device, progress=progress)
+        logger.info("warmup: %d examples, %d steps, loss %.4f -> %.4f", len(warm.subset_ids),
+                    len(warm.losses), warm.losses[0], warm.losses[-1])
+        warm_selector = Selector(mc.model, config=cfg, adapter=adapter, device=mc.device,
+                                 dtype=mc.dtype, progress=progress)
+        warmed = run_quality(warm_selector, pool, targets, study=study)
+        warmed["warmup"] = {"subset_size": len(warm.subset_ids), "losses": warm.losses,
+                            "seconds": warm.seconds}
+
     downstream = None
-    if values["downstream"] != "none":
-        family = values["downstream"]
+    family = values["downstream"] or DOWNSTREAM_FAMILY.get(kind)
+    if family not in (None, "none"):
         task = next((t for t, f in result["families"].items() if f["family"] == family), None)
         if task is None:
             raise ValueError(f"--downstream {family!r}: no target source of that family")
         examples = list(pool)
         if values["heldout"]:
             heldout = list(open_records(values["heldout"]))
-        elif demo:
-            heldout = heldout_examples(family, values["heldout_size"], seed=values["seed"] + 7_777,
-                                       exclude=examples)
+        elif generator is not None:
+            heldout = generator.heldout_examples(family, values["heldout_size"],
+                                                 seed=values["seed"] + 7_777, exclude=examples)
         else:
             raise ValueError("--downstream needs --heldout SOURCE with new examples of that family")
-        import random
-
-        trim = result["families"][task]["trim_top5"]
-        selections = {"TRIM 5%": trim,
-                      "random 5%": random.Random(values["seed"]).sample(range(len(examples)), len(trim))}
+        chosen = result["selections"][task]
+        k = len(chosen["TRIM default (matched)"])
+        selections = {"TRIM default (matched)": chosen["TRIM default (matched)"],
+                      "TRIM paper": chosen["TRIM paper"], "mean-cosine": chosen["mean-cosine"],
+                      "random": random.Random(values["seed"]).sample(range(len(examples)), k)}
         downstream = run_downstream(mc.model, selector.tokenizer, examples, selections, heldout,
                                     family, out_dir, seed=values["seed"],
                                     warmup_overrides={"epochs": values["downstream_epochs"],
@@ -87,7 +126,7 @@ def cmd_eval(values: dict) -> int:
                                                       "r": values["downstream_r"],
                                                       "alpha": 2 * values["downstream_r"],
                                                       "effective_batch": 8})
-    save_result(result, out_dir, downstream)
+    save_result(result, out_dir, downstream, warmed=warmed)
     with open(os.path.join(out_dir, "quality.md"), encoding="utf-8") as f:
         print(f.read())
     return 0

@@ -1,11 +1,16 @@
-"""Selection quality on a labelled pool: TRIM against baselines, ablations, a downstream check.
+"""Selection quality on a labelled pool: the selectors against baselines, the study's variants,
+with and without warmup, and a downstream check.
 
-Every TRIM number here comes from the shipped path, :class:`trim_fast.Selector`: the same
-fingerprinting, batching, scoring and selection as ``trim-fast select`` (a test checks they are
-equal bit for bit). The pool's forward passes run once; a :class:`ForwardCache` keeps their
-hidden states in memory, so each ablation (other banks, pooling or fallback settings) re-scores
-without a forward. Each target file is a task; a pool example is relevant to a task when its
-``family`` field equals the targets' family.
+Every TRIM number here comes from the shipped path, :class:`trim_fast.Selector` with a
+:class:`SelectionConfig`: the same fingerprinting, batching, scoring and selection as
+``trim-fast select`` (a test checks they are equal bit for bit), so a row of the study is a set
+of settings a user can run. The pool's forward passes run once; a :class:`ForwardCache` keeps
+their hidden states in memory, so each variant re-scores without a forward. Each target source is
+a task; a pool example is relevant to a task when its ``family`` equals the targets' family.
+
+Baselines: random (mean of 10 seeds), BM25 (``bm25s``), and the sample-level cosine: each
+example's counted hidden states averaged, cosine to the centroid of the targets' averages, at the
+last layer and at two thirds of the depth, raw and centred by the pool's mean state.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from trim_fast.batching import pad_batch
 from trim_fast.data import Example, Records, tokenize_example
 from trim_fast.evaluation.metrics import bm25_scores, precision_recall, random_selections
 from trim_fast.models.prepare import forward_model
+from trim_fast.config import SelectionConfig
 from trim_fast.scoring.engine import ForwardCache, iter_chunks, tokenize_chunk
 from trim_fast.selection import num_selected, select_top_k
 
@@ -32,32 +38,48 @@ RANDOM_SEEDS = tuple(range(10))
 
 
 def example_text(ex: Example) -> str:
-    return ex.text if ex.text is not None else "\n".join(m["content"] for m in ex.messages)
+    if ex.text is not None:
+        return ex.text
+    if ex.messages is not None:
+        return "\n".join(m["content"] for m in ex.messages if m.get("content"))
+    return ""
 
 
-def mean_pooled_states(selector: Selector, records, cache: ForwardCache) -> torch.Tensor:
-    """``[P, d]`` unit vectors: each example's last hidden states averaged over its counted
-    tokens (all tokens when none counts), batched as the scorer batches (so the forward passes
-    are the cache's). The sample-level baseline's representation."""
+def mean_pooled_states(selector: Selector, records, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """``{layer: [P, d]}``: each example's counted hidden states averaged (all its tokens when
+    none counts), from the output of each given layer (``-1``: the last, after the final norm).
+    One forward with ``output_hidden_states``, batched as the scorer batches."""
     cfg = selector.config
-    out = []
-    with forward_model(selector.model) as base:
+    out: dict[int, list] = {layer: [] for layer in layers}
+    with forward_model(selector.model) as base, torch.inference_mode():
         device = next(base.parameters()).device
         for _, _, examples in iter_chunks(records, cfg.chunk_size):
             chunk = tokenize_chunk(selector.tokenizer, examples, cfg)
-            pooled = [None] * len(chunk)
+            pooled = {layer: [None] * len(chunk) for layer in layers}
             for batch in chunk.batches(cfg.max_tokens):
                 ids, mask, counted = pad_batch([chunk.example(i) for i in batch], selector.pad_id,
                                                device)
-                from trim_fast.capture import encode_last_hidden
+                res = base(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                           use_cache=False)
+                for layer in layers:
+                    hidden = (res.last_hidden_state if layer == -1 else res.hidden_states[layer]).float()
+                    for row, i in enumerate(batch):
+                        keep = counted[row] if bool(counted[row].any()) else mask[row].bool()
+                        pooled[layer][i] = hidden[row][keep].mean(0).cpu()
+            for layer in layers:
+                out[layer].extend(pooled[layer])
+    return {layer: torch.stack(v) for layer, v in out.items()}
 
-                hidden = cache.hidden(ids, lambda: encode_last_hidden(base, ids, mask)).float()
-                for row, i in enumerate(batch):
-                    keep = counted[row] if bool(counted[row].any()) else mask[row].bool()
-                    v = hidden[row][keep].mean(0)
-                    pooled[i] = v / v.norm().clamp_min(1e-12)
-            out.extend(pooled)
-    return torch.stack(out).cpu()
+
+def sample_cosine(pool_states: torch.Tensor, target_states: torch.Tensor,
+                  center: torch.Tensor | None) -> torch.Tensor:
+    """``[P]`` cosine of each example's averaged state to the targets' centroid (after
+    subtracting ``center`` from both, when given)."""
+    if center is not None:
+        pool_states, target_states = pool_states - center, target_states - center
+    unit = pool_states / pool_states.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    centroid = target_states.mean(0)
+    return unit @ (centroid / centroid.norm().clamp_min(1e-12))
 
 
 def _ks(pool_size: int, family_size: int) -> dict[str, int]:
@@ -87,119 +109,182 @@ def evaluate_selector(scores: torch.Tensor | None, families: Sequence, lengths: 
     return out
 
 
-ABLATIONS: list[tuple[str, str, dict]] = [
-    # (group, label, SelectionConfig overrides of the default)
-    ("layers L", "L=1", {"layers": 1}),
-    ("layers L", "L=3", {"layers": 3}),
-    ("layers L", "L=6 (default)", {}),
-    ("layers L", "L=all", {"layers": 10_000}),
-    ("saliency", "row only", {"w_row": 1.0, "w_col": 0.0}),
-    ("saliency", "column only", {"w_row": 0.0, "w_col": 1.0}),
-    ("saliency", "equal (default)", {}),
-    ("pooling", "mean", {"w_mean": 1.0, "w_max": 0.0, "w_coverage": 0.0}),
-    ("pooling", "max", {"w_mean": 0.0, "w_max": 1.0, "w_coverage": 0.0}),
-    ("pooling", "mean+max", {"w_coverage": 0.0}),
-    ("pooling", "mean+max+coverage (default)", {}),
-    ("fallback", "lambda=0", {"fallback_penalty": 0.0}),
-    ("fallback", "lambda=0.5", {"fallback_penalty": 0.5}),
-    ("fallback", "lambda=0.9 (default)", {}),
-    ("fallback", "lambda=1 (unseen score 0)", {"fallback_penalty": 1.0}),
-    ("fallback", "skip unseen", {"fallback": "skip"}),
-    ("idf", "idf=pool (default)", {}),
-    ("idf", "idf=none", {"idf": "none"}),
-    ("scope", "all (default)", {}),
-    ("scope", "response", {"scope": "response"}),
-    ("scope", "prompt", {"scope": "prompt"}),
+def summarize(per_task: dict[str, dict]) -> dict:
+    """Mean and worst over the tasks of P@5% and P@|family|."""
+    p5 = [m["P@5%"] for m in per_task.values()]
+    pf = [m["P@|family|"] for m in per_task.values()]
+    return {"mean P@5%": statistics.fmean(p5), "worst P@5%": min(p5),
+            "mean P@|family|": statistics.fmean(pf), "worst P@|family|": min(pf)}
+
+
+# The selectors of the headline table: the default and the paper's scoring, as configs.
+METHODS: dict[str, dict] = {"TRIM default (matched)": {"method": "matched"},
+                            "TRIM paper": {"method": "paper"}}
+
+STUDY: list[tuple[str, str, dict]] = [
+    # (group, label, SelectionConfig settings): every row is a config a user can run
+    ("matched", "default: matched (fallback skip, no idf, centred)", {"method": "matched"}),
+    ("matched", "not centred", {"method": "matched", "center": "none"}),
+    ("matched", "with pool idf", {"method": "matched", "idf": "pool"}),
+    ("matched", "nearest fallback (lambda 0.9)", {"method": "matched", "fallback": "nearest"}),
+    ("matched", "coverage weight 0.05", {"method": "matched", "w_coverage": 0.05}),
+    ("matched", "mean only (w_max 0)", {"method": "matched", "w_max": 0.0}),
+    ("matched", "max only (w_mean 0)", {"method": "matched", "w_mean": 0.0}),
+    ("matched", "scope response", {"method": "matched", "scope": "response"}),
+    ("matched", "scope prompt", {"method": "matched", "scope": "prompt"}),
+    ("matched", "L=1", {"method": "matched", "layers": 1}),
+    ("matched", "L=all", {"method": "matched", "layers": 10_000}),
+    ("matched", "alpha: row only", {"method": "matched", "w_row": 1.0, "w_col": 0.0}),
+    ("matched", "alpha: column only", {"method": "matched", "w_row": 0.0, "w_col": 1.0}),
+    ("matched", "mean state of 16 pool examples", {"method": "matched", "center_sample": 16}),
+    ("matched", "mean state of 512 pool examples", {"method": "matched", "center_sample": 512}),
+    ("paper", "paper (SPEC defaults)", {"method": "paper"}),
+    ("paper", "centred", {"method": "paper", "center": "pool"}),
+    ("paper", "idf none", {"method": "paper", "idf": "none"}),
+    ("paper", "fallback skip", {"method": "paper", "fallback": "skip"}),
+    ("paper", "lambda 0", {"method": "paper", "fallback_penalty": 0.0}),
+    ("paper", "lambda 0.5", {"method": "paper", "fallback_penalty": 0.5}),
+    ("paper", "lambda 1 (unseen score 0)", {"method": "paper", "fallback_penalty": 1.0}),
+    ("paper", "pooling: mean", {"method": "paper", "w_mean": 1.0, "w_max": 0.0, "w_coverage": 0.0}),
+    ("paper", "pooling: max", {"method": "paper", "w_mean": 0.0, "w_max": 1.0, "w_coverage": 0.0}),
+    ("paper", "pooling: mean+max", {"method": "paper", "w_coverage": 0.0}),
+    ("paper", "L=1", {"method": "paper", "layers": 1}),
+    ("paper", "L=all", {"method": "paper", "layers": 10_000}),
+    ("paper", "alpha: row only", {"method": "paper", "w_row": 1.0, "w_col": 0.0}),
+    ("paper", "alpha: column only", {"method": "paper", "w_row": 0.0, "w_col": 1.0}),
+    ("paper", "scope response", {"method": "paper", "scope": "response"}),
+    ("paper", "scope prompt", {"method": "paper", "scope": "prompt"}),
 ]
 
 
-def trim_task_scores(selector: Selector, pool, targets: dict, cache: ForwardCache) -> torch.Tensor:
-    """``[T, P]``: every task's TRIM scores, through the shipped path."""
+def task_scores(selector: Selector, pool, targets: dict, cache: ForwardCache) -> torch.Tensor:
+    """``[T, P]``: every task's scores, through the shipped path."""
     banks = selector.fingerprint(targets, pool=pool)
     return selector.score(pool, banks, forward_cache=cache).score
 
 
 def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], *,
-                ablations: bool = True) -> dict:
-    """The per-family table (TRIM and baselines) and the ablation table (mean over families)."""
+                study: bool = True) -> dict:
+    """Per task: each selector's precision and recall at k (the methods, the baselines); the
+    study's rows (mean and worst over the tasks)."""
     t0 = time.perf_counter()
-    cfg = selector.config
+    base_cfg = selector.config
     cache = ForwardCache()
     examples = list(pool)
     families = [e.meta.get("family") for e in examples]
     if not any(families):
         raise ValueError("eval needs a labelled pool: records with a 'family' field")
-    banks = selector.fingerprint(targets, pool=pool)
-    scores = selector.score(pool, banks, forward_cache=cache)
+
+    def variant(settings: dict) -> Selector:
+        cfg = SelectionConfig(**{**_run_settings(base_cfg), **settings})
+        return Selector(selector.model, selector.tokenizer, cfg)
+
+    method_scores, runs = {}, {}
+    for name, settings in METHODS.items():
+        sel = variant(settings)
+        banks = sel.fingerprint(targets, pool=pool)
+        runs[name] = (sel, banks, sel.score(pool, banks, forward_cache=cache))
+        method_scores[name] = runs[name][2].score
+    default, banks, scores = runs[next(iter(METHODS))]  # the first is the default
     lengths = scores.n_tokens.tolist()
-    logger.info("pool of %d scored in %.1fs", len(examples), scores.seconds_forward)
     fam_of = {task: banks[task].meta.get("family") for task in targets}
-    pooled = mean_pooled_states(selector, pool, cache)
+
+    depth = int(getattr(selector.model.config, "num_hidden_layers", 0) or 0)
+    two_thirds = max(1, round(2 * depth / 3))
+    states = mean_pooled_states(default, pool, (-1, two_thirds))
+    target_states = {task: mean_pooled_states(default, list(targets[task]), (-1, two_thirds))
+                     for task in targets}
+    centers = {layer: states[layer].mean(0) for layer in states}  # the pool's mean example state
     texts = [example_text(e) for e in examples]
     k5 = num_selected(len(examples), fraction=0.05)
-    per_family = {}
+    per_family, selections = {}, {}
     for t_i, task in enumerate(targets):
         fam = fam_of[task]
         target_examples = list(targets[task])
-        centroid = mean_pooled_states(selector, target_examples, cache).mean(0)
-        rows = {
-            "TRIM": evaluate_selector(scores.score[t_i], families, lengths, fam),
-            "random": evaluate_selector(None, families, lengths, fam),
-            "repsim": evaluate_selector(pooled @ (centroid / centroid.norm()), families, lengths, fam),
-            "bm25": evaluate_selector(bm25_scores(texts, [example_text(e) for e in target_examples]),
-                                      families, lengths, fam),
-        }
+        rows = {name: evaluate_selector(s[t_i], families, lengths, fam)
+                for name, s in method_scores.items()}
+        for layer, label in ((-1, "last layer"), (two_thirds, f"layer {two_thirds}")):
+            for centred in (False, True):
+                cos = sample_cosine(states[layer], target_states[task][layer],
+                                    centers[layer] if centred else None)
+                rows[f"mean-cosine, {label}{', centred' if centred else ''}"] = \
+                    evaluate_selector(cos, families, lengths, fam)
+                if layer == -1 and not centred:
+                    selections.setdefault(task, {})["mean-cosine"] = select_top_k(cos, k5).tolist()
+        rows["BM25"] = evaluate_selector(bm25_scores(texts, [example_text(e) for e in target_examples]),
+                                         families, lengths, fam)
+        rows["random"] = evaluate_selector(None, families, lengths, fam)
         per_family[task] = {"family": fam, "family_size": sum(f == fam for f in families),
-                            "selectors": rows,
-                            "trim_top5": select_top_k(scores.score[t_i], k5).tolist()}
-        logger.info("%s: TRIM P@5%% %.3f, random %.3f, repsim %.3f, bm25 %.3f", task,
-                    rows["TRIM"]["P@5%"], rows["random"]["P@5%"], rows["repsim"]["P@5%"],
-                    rows["bm25"]["P@5%"])
-    result = {"pool_size": len(examples), "families": per_family, "config": cfg.__dict__.copy(),
+                            "selectors": rows}
+        selections[task].update({name: select_top_k(s[t_i], k5).tolist()
+                                 for name, s in method_scores.items()})
+        logger.info("%s: " + ", ".join(f"{n} %.3f" for n in rows), task,
+                    *(rows[n]["P@|family|"] for n in rows))
+    selectors = list(next(iter(per_family.values()))["selectors"])
+    summary = {name: summarize({t: f["selectors"][name] for t, f in per_family.items()})
+               for name in selectors}
+    result = {"pool_size": len(examples), "families": per_family, "summary": summary,
+              "config": _run_settings(base_cfg), "depth": depth, "selections": selections,
               "trim_scores": scores.score.tolist()}
-    if ablations:
+    if study:
         table = []
-        for group, label, over in ABLATIONS:
-            variant = Selector(selector.model, selector.tokenizer, cfg.replace(**over))
-            task_scores = trim_task_scores(variant, pool, targets, cache)
-            metrics = [evaluate_selector(task_scores[t_i], families, lengths, fam_of[task])
-                       for t_i, task in enumerate(targets)]
-            table.append({"group": group, "setting": label,
-                          "P@5%": statistics.fmean(m["P@5%"] for m in metrics),
-                          "P@|family|": statistics.fmean(m["P@|family|"] for m in metrics),
-                          "min P@5%": min(m["P@5%"] for m in metrics)})
-        result["ablations"] = table
-        logger.info("%d ablations done", len(ABLATIONS))
+        for group, label, settings in STUDY:
+            ts = task_scores(variant(settings), pool, targets, cache)
+            metrics = {task: evaluate_selector(ts[t_i], families, lengths, fam_of[task])
+                       for t_i, task in enumerate(targets)}
+            table.append({"group": group, "setting": label, "config": settings,
+                          **summarize(metrics)})
+        result["study"] = table
+        logger.info("%d study rows done", len(STUDY))
     result["seconds"] = time.perf_counter() - t0
     return result
 
 
-def format_markdown(result: dict, downstream: dict | None = None) -> str:
-    """The tables of a run as markdown."""
-    lines = [f"Pool: {result['pool_size']} examples. Precision (P) and recall (R) at k; random is "
-             f"the mean over {len(RANDOM_SEEDS)} seeds.", ""]
-    head = ["task", "family size", "selector", "P@1%", "P@5%", "P@10%", "P@|family|", "R@5%",
-            "R@10%", "len mean@5%", "len median@5%"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for task, fam in result["families"].items():
-        for name, m in fam["selectors"].items():
-            lines.append("| " + " | ".join([task, str(fam["family_size"]), name] + [
-                f"{m[k]:.3f}" for k in ("P@1%", "P@5%", "P@10%", "P@|family|", "R@5%", "R@10%")]
-                + [f"{m['len_mean@5%']:.1f}", f"{m['len_median@5%']:.1f}"]) + " |")
-    if "ablations" in result:
-        lines += ["", "Ablations (TRIM; mean over the tasks, and the worst task's P@5%):", "",
-                  "| group | setting | P@5% | P@|family| | min P@5% |", "|---|---|---|---|---|"]
-        for r in result["ablations"]:
-            lines.append(f"| {r['group']} | {r['setting']} | {r['P@5%']:.3f} | {r['P@|family|']:.3f} "
-                         f"| {r['min P@5%']:.3f} |")
+def _run_settings(cfg: SelectionConfig) -> dict:
+    """The settings of a config that are not the method's choices (batching, seed ...), so a
+    variant of another method starts from that method's own defaults."""
+    keep = ("max_length", "max_tokens", "chunk_size", "seed", "saliency", "center_sample")
+    return {k: getattr(cfg, k) for k in keep}
+
+
+def format_markdown(result: dict, downstream: dict | None = None, title: str = "") -> str:
+    """The tables of a run as markdown: per task, the summary over tasks, the study."""
+    lines = [f"{title}Pool: {result['pool_size']} examples, {len(result['families'])} target "
+             f"tasks. Precision (P) at k = 5% of the pool and at k = the family's size; random "
+             f"is the mean over {len(RANDOM_SEEDS)} seeds.", ""]
+    selectors = list(result["summary"])
+    lines += ["| selector | mean P@5% | worst P@5% | mean P@|family| | worst P@|family| |",
+              "|---|---|---|---|---|"]
+    for name in selectors:
+        m = result["summary"][name]
+        lines.append(f"| {name} | {m['mean P@5%']:.3f} | {m['worst P@5%']:.3f} | "
+                     f"{m['mean P@|family|']:.3f} | {m['worst P@|family|']:.3f} |")
+    tasks = list(result["families"])
+    lines += ["", "Per task, P@5% / P@|family|:", "",
+              "| selector | " + " | ".join(f"{t} ({result['families'][t]['family_size']})" for t in tasks) + " |",
+              "|---|" + "---|" * len(tasks)]
+    for name in selectors:
+        cells = [f"{result['families'][t]['selectors'][name]['P@5%']:.3f} / "
+                 f"{result['families'][t]['selectors'][name]['P@|family|']:.3f}" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "study" in result:
+        lines += ["", "Study (each row a SelectionConfig; mean and worst over the tasks):", "",
+                  "| group | setting | mean P@5% | worst P@5% | mean P@|family| | worst P@|family| |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["study"]:
+            lines.append(f"| {r['group']} | {r['setting']} | {r['mean P@5%']:.3f} | "
+                         f"{r['worst P@5%']:.3f} | {r['mean P@|family|']:.3f} | "
+                         f"{r['worst P@|family|']:.3f} |")
     if downstream:
         size = sorted(set(downstream["train_size"].values()))
         lines += ["", f"Downstream: LoRA fine-tune on each selection ({'/'.join(map(str, size))} "
-                  f"examples), held-out loss on {downstream['heldout_size']} new "
-                  f"'{downstream['family']}' examples:", "",
-                  "| model | held-out loss |", "|---|---|"]
+                  f"examples, same seed and budget), held-out loss on {downstream['heldout_size']} "
+                  f"new '{downstream['family']}' examples:", "",
+                  "| trained on | held-out loss | share of the family in the training set |",
+                  "|---|---|---|"]
         for name, loss in downstream["losses"].items():
-            lines.append(f"| {name} | {loss:.4f} |")
+            share = downstream["family_share_of_training_set"].get(name)
+            lines.append(f"| {name} | {loss:.4f} | {'-' if share is None else f'{share:.2f}'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -210,28 +295,34 @@ def write_plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(result["families"])
-    selectors = list(next(iter(result["families"].values()))["selectors"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
+    selectors = list(result["summary"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4.5))
     width = 0.8 / len(selectors)
     for s_i, sel in enumerate(selectors):
-        vals = [result["families"][t]["selectors"][sel]["P@5%"] for t in tasks]
+        vals = [result["families"][t]["selectors"][sel]["P@|family|"] for t in tasks]
         ax.bar([i + s_i * width for i in range(len(tasks))], vals, width, label=sel)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20, ha="right")
-    ax.set(ylabel="precision@5%", title="selection precision per target family", ylim=(0, 1.05))
-    ax.legend()
+    ax.set(ylabel="precision at k = |family|", title="selection precision per target family",
+           ylim=(0, 1.05))
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def save_result(result: dict, out_dir: str, downstream: dict | None = None) -> None:
+def save_result(result: dict, out_dir: str, downstream: dict | None = None, *,
+                warmed: dict | None = None) -> None:
     from trim_fast.run.files import atomic_open
     from trim_fast.run.outputs import write_json
 
     os.makedirs(out_dir, exist_ok=True)
-    write_json(dict(result, downstream=downstream), os.path.join(out_dir, "quality.json"))
+    write_json(dict(result, downstream=downstream, warmed=warmed),
+               os.path.join(out_dir, "quality.json"))
+    text = format_markdown(result, downstream, title="**Without warmup.** ")
+    if warmed is not None:
+        text += "\n" + format_markdown(warmed, title="**After the LoRA warmup (SPEC 5).** ")
     with atomic_open(os.path.join(out_dir, "quality.md")) as f:
-        f.write(format_markdown(result, downstream))
+        f.write(text)
     write_plot(result, os.path.join(out_dir, "quality.png"))
 
 
