@@ -158,7 +158,7 @@ def load_tokenizer(name: str | None = None, *, progress: bool = False):
 
     src = _source(name)
     with _loading(src, "tokenizer", progress):
-        tok = AutoTokenizer.from_pretrained(src.path, **src.kw)
+        tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=False, **src.kw)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -235,8 +235,11 @@ def _load_merged(src: _Source, adapter: str, torch_dtype, attn_implementation, p
 
 
 def _weights_kw(src: _Source) -> dict:
-    """GGUF is never pickle; everything else must be safetensors (also what a hub id serves)."""
-    return src.kw if "gguf_file" in src.kw else {**src.kw, "use_safetensors": True}
+    """GGUF is never pickle; everything else must be safetensors (also what a hub id serves).
+    Code shipped with a model (``auto_map``) never runs: ``trust_remote_code=False`` also keeps
+    transformers from asking on the terminal whether to run it."""
+    kw = {**src.kw, "trust_remote_code": False}
+    return kw if "gguf_file" in src.kw else {**kw, "use_safetensors": True}
 
 
 def model_id(name: str | None) -> str:
@@ -311,6 +314,20 @@ def _bf16_bits(x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _loading(src: _Source, what: str, progress: bool):
+    try:
+        with _loading_inner(src, what, progress):
+            yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(f"--model {src.path}: its config.json maps the {what} to Python code "
+                         "shipped with it (auto_map) and transformers has no class of its own for "
+                         "it; trim_fast never runs code from model files. Use a model whose "
+                         "architecture transformers supports natively.") from err
+
+
+@contextlib.contextmanager
+def _loading_inner(src: _Source, what: str, progress: bool):
     with _progress(progress):
         if not src.hub:
             yield
