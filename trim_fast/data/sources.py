@@ -359,12 +359,21 @@ class _HubDataset(_Reader):
         return {"kind": self.kind, "name": self.name, "split": self.split, "subset": self.subset}
 
     def rows(self):
+        # the network policy (time limits, giving up on a silent hub) is the model loader's
+        from trim_fast.models.loading import bounded_hub_access
+
+        with bounded_hub_access("dataset", self.name, announce=False):
+            yield from self._rows()
+
+    def _rows(self):
         import datasets
 
         if self._ds is None:
+            from huggingface_hub import constants
+
             log.warning("using the network: streaming split %r%s of the Hugging Face hub dataset "
-                        "%r", self.split, f" (subset {self.subset!r})" if self.subset else "",
-                        self.name)
+                        "%r from %s", self.split, f" (subset {self.subset!r})" if self.subset
+                        else "", self.name, constants.ENDPOINT)
             try:
                 self._ds = datasets.load_dataset(self.name, self.subset, split=self.split,
                                                  streaming=True)

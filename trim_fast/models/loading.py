@@ -374,9 +374,18 @@ class _HubNoAnswer(ConnectionError):
     pass
 
 
+def bounded_hub_access(what: str, repo: str, *, announce: bool = True):
+    """The network policy for any hub access (models here, datasets in ``trim_fast.data``): a
+    WARNING first (unless ``announce=False``), a time limit on every request, and no new request
+    once the hub has not answered for ``HUB_NO_ANSWER_S``; a silent hub ends in a
+    ``ConnectionError`` naming the endpoint."""
+    return _hub_access(what, repo, announce=announce)
+
+
 @contextlib.contextmanager
-def _hub_access(what: str, repo: str):
-    """Say that the network is about to be used and for what, then bound every hub request."""
+def _hub_access(what: str, repo: str, *, announce: bool = True):
+    """Say that the network is about to be used and for what (``announce=False``: the caller
+    has said so), then bound every hub request made inside the block."""
     from huggingface_hub import constants, set_client_factory
     from huggingface_hub.utils import _http
 
@@ -384,8 +393,9 @@ def _hub_access(what: str, repo: str):
         log.info("HF_HUB_OFFLINE is set: %s %r comes from the local hub cache", what, repo)
         yield
         return
-    log.warning("using the network: fetching %s %r from %s (a hub id; pass a local directory "
-                "to stay offline)", what, repo, constants.ENDPOINT)
+    if announce:
+        log.warning("using the network: fetching %s %r from %s (a hub id; pass a local directory "
+                    "to stay offline)", what, repo, constants.ENDPOINT)
     limit = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or HUB_TIMEOUT_S)
     watch = _HubWatch(limit, HUB_NO_ANSWER_S)
     previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
