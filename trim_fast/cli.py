@@ -452,6 +452,15 @@ def cmd_score(values: dict) -> int:
             raise ValueError(f"{path}: a second bank for task {name!r}")
         banks[name] = bank
     settings = [b.meta.get("settings") or {} for b in banks.values()]
+    # banks built with different settings cannot score one pool: refused before the model loads
+    # (the library refuses them too, once it holds the model)
+    names = list(banks)
+    for name, s in zip(names[1:], settings[1:]):
+        diff = sorted(k for k in set(s) | set(settings[0]) if s.get(k) != settings[0].get(k))
+        if diff:
+            pairs = ", ".join(f"{k}: {settings[0].get(k)!r} vs {s.get(k)!r}" for k in diff)
+            raise ValueError(f"banks {names[0]!r} and {name!r} were built with different settings "
+                             f"({pairs}); build every bank of one run with the same settings")
     # the banks' own settings apply; an explicit flag that contradicts them is refused
     from_banks = {k: settings[0][k] for k in BANK_FIELDS if k in settings[0]}
     for k, v in from_banks.items():
