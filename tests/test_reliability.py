@@ -687,8 +687,18 @@ def test_directory_and_unknown_suffix_say_what_is_supported(tmp_path, capsys, no
     assert "pool.csv: unknown file type; supported: .jsonl, .json, .parquet, .jsonl.gz" in text
 
 
-def test_pickled_weights_are_refused_with_the_reason(tmp_path, capsys, monkeypatch, tiny_model_dir,
-                                                     pool, targets):
+class _CodeInPickle:
+    """Unpickling this runs ``print``: what a hostile ``pytorch_model.bin`` does with worse."""
+
+    def __reduce__(self):
+        return (print, ("PICKLE CODE RAN",))
+
+
+@pytest.mark.parametrize("payload", ["state dict", "code"])
+def test_pickled_weights_are_refused_with_the_reason(payload, tmp_path, capsys, monkeypatch,
+                                                     tiny_model_dir, pool, targets):
+    import pickle
+
     from safetensors.torch import load_file
 
     model = tmp_path / "pickled"
@@ -696,7 +706,12 @@ def test_pickled_weights_are_refused_with_the_reason(tmp_path, capsys, monkeypat
     for name in os.listdir(tiny_model_dir):
         if not name.endswith(".safetensors"):
             shutil.copy(os.path.join(tiny_model_dir, name), model)
-    torch.save(load_file(os.path.join(tiny_model_dir, "model.safetensors")), model / "pytorch_model.bin")
+    if payload == "state dict":
+        torch.save(load_file(os.path.join(tiny_model_dir, "model.safetensors")),
+                   model / "pytorch_model.bin")
+    else:
+        with open(model / "pytorch_model.bin", "wb") as f:
+            pickle.dump({"model.embed_tokens.weight": _CodeInPickle()}, f)
 
     def no_unpickling(*args, **kwargs):
         raise AssertionError("torch.load called on a user file")
@@ -707,6 +722,7 @@ def test_pickled_weights_are_refused_with_the_reason(tmp_path, capsys, monkeypat
     assert "the weights are pickled (pytorch_model.bin)" in text
     assert "never loads pickles from user files (unpickling can run code)" in text
     assert "save_pretrained(NEW_DIR)" in text  # and how to convert them
+    assert "PICKLE CODE RAN" not in text
 
 
 def _parquet_pool(path) -> list[dict]:
