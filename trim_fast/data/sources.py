@@ -114,18 +114,18 @@ def _lone_surrogate(value: Any) -> tuple[str, str | None, int] | None:
                 return str(k.encode("utf-8", "backslashreplace"), "ascii"), None, 0
             found = _lone_surrogate(v)
             if found is not None:
-                sub = found[0]
-                key = str(k)
-                path = key if not sub else f"{key}{sub}" if sub.startswith("[") else f"{key}.{sub}"
-                return (path,) + found[1:]
+                return (_field_path(str(k), found[0]),) + found[1:]
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             found = _lone_surrogate(v)
             if found is not None:
-                sub = found[0]
-                path = f"[{i}]" if not sub else f"[{i}]{sub}" if sub.startswith("[") else f"[{i}].{sub}"
-                return (path,) + found[1:]
+                return (_field_path(f"[{i}]", found[0]),) + found[1:]
     return None
+
+
+def _field_path(head: str, rest: str) -> str:
+    """``messages`` + ``[0].content`` -> ``messages[0].content``."""
+    return head if not rest else head + rest if rest.startswith("[") else f"{head}.{rest}"
 
 
 def _open_binary(path: str, compression: str | None):
