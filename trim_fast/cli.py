@@ -241,6 +241,44 @@ def _check_inputs(pool, tasks) -> int:
     return size
 
 
+def _check_coreset_format(values: dict, pool) -> None:
+    """A JSONL coreset cannot carry bytes unchanged (strict JSON has no bytes): when the coreset
+    will be JSONL, refuse a Parquet pool with a binary column now, before any model is loaded,
+    rather than after scoring. (Other sources are checked record by record when written.)"""
+    from trim_fast.run import outputs
+
+    sources = pool.describe()
+    fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
+                                        [str(d.get("path") or d.get("name") or "") for d in sources])
+    if fmt != "jsonl":
+        return
+    import pyarrow.parquet as pq
+
+    for d in sources:
+        if d.get("kind") != "parquet":
+            continue
+        for column in pq.read_schema(d["path"]):
+            if _holds_binary(column.type):
+                raise DataError(f"{d['path']}: column {column.name!r} holds binary data, which a "
+                                "JSONL coreset cannot carry unchanged; write the coreset with "
+                                "--output-format parquet (or hf), or leave --output-format at auto")
+
+
+def _holds_binary(t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) \
+            or getattr(pa.types, "is_binary_view", lambda _: False)(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_holds_binary(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _holds_binary(t.key_type) or _holds_binary(t.item_type)
+    if hasattr(t, "value_type"):  # list, large list, fixed-size list, dictionary
+        return _holds_binary(t.value_type)
+    return False
+
+
 def _selector(values: dict, cfg: SelectionConfig, *, adapter: str | None = None):
     from trim_fast.api import Selector
 
@@ -294,6 +332,7 @@ def cmd_select(values: dict) -> int:
     cfg = build_settings(SelectionConfig, values)
     pool, tasks = _open(values, "pool"), _target_tasks(values)
     size = _check_inputs(pool, tasks)
+    _check_coreset_format(values, pool)
     if values.get("dry_run"):
         return dry_run(values, cfg, pool, tasks, size)
     ctx, device = init_distributed(values.get("device"))
@@ -423,6 +462,15 @@ def cmd_score(values: dict) -> int:
             raise ValueError(f"{path}: a second bank for task {name!r}")
         banks[name] = bank
     settings = [b.meta.get("settings") or {} for b in banks.values()]
+    # banks built with different settings cannot score one pool: refused before the model loads
+    # (the library refuses them too, once it holds the model)
+    names = list(banks)
+    for name, s in zip(names[1:], settings[1:]):
+        diff = sorted(k for k in set(s) | set(settings[0]) if s.get(k) != settings[0].get(k))
+        if diff:
+            pairs = ", ".join(f"{k}: {settings[0].get(k)!r} vs {s.get(k)!r}" for k in diff)
+            raise ValueError(f"banks {names[0]!r} and {name!r} were built with different settings "
+                             f"({pairs}); build every bank of one run with the same settings")
     # the banks' own settings apply; an explicit flag that contradicts them is refused
     from_banks = {k: settings[0][k] for k in BANK_FIELDS if k in settings[0]}
     for k, v in from_banks.items():
@@ -471,6 +519,7 @@ def cmd_pick(values: dict) -> int:
                         "'score' columns)")
     pool = _open(values, "pool")
     ids = [ex.id for ex in pool]
+    _check_coreset_format(values, pool)
     index = table.column("index").to_pylist()
     if sorted(index) != list(range(len(ids))) or \
             [ids[i] for i in index] != table.column("id").to_pylist():
@@ -482,6 +531,9 @@ def cmd_pick(values: dict) -> int:
         values_c = [float("nan") if v is None else float(v) for v in table.column(c).to_pylist()]
         per_task[t, torch.tensor(index)] = torch.tensor(values_c, dtype=torch.float32)
     layout = values.get("layout", "trim")
+    if cfg.k is not None and cfg.k > len(ids):
+        logger.warning("k=%d is more than the pool's %d examples: the whole pool is kept", cfg.k,
+                       len(ids))
     choice = choose(per_task, combine=cfg.combine, fraction=cfg.fraction, k=cfg.k,
                     rounding="less" if layout == "less" else "half_up")
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),

@@ -74,8 +74,58 @@ class _Reader:
     def rows(self) -> Iterator[tuple[int, Any, bytes | None]]:
         raise NotImplementedError
 
+    def check_text(self, record: Any, where: str) -> None:
+        """Refuse a record holding a lone surrogate anywhere (valid JSON: ``"\\ud800"``, but not
+        Unicode text: it can be neither tokenized nor written back as UTF-8). Python objects
+        can hold one anywhere; readers of Arrow data (always UTF-8) skip the walk, and JSON
+        readers take it only for text that has a ``\\ud...`` escape."""
+        _refuse_lone_surrogates(record, where)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.name, "split": self.split, "subset": self.subset}
+
+
+def _refuse_lone_surrogates(record: Any, where: str) -> None:
+    found = _lone_surrogate(record)
+    if found is None:
+        return
+    path, char, at = found
+    if char is None:  # in a field name
+        raise DataError(f"{where}: the field name {path!r} holds a lone surrogate, which is not "
+                        "valid Unicode text; fix the record")
+    raise DataError(f"{where}: field {path!r} holds {char!r} at character {at}, a lone surrogate "
+                    "that is not valid Unicode text (it can be neither tokenized nor written "
+                    "back as UTF-8); fix the record")
+
+
+def _lone_surrogate(value: Any) -> tuple[str, str | None, int] | None:
+    """``(field path, the character, its index)`` of the first lone surrogate, else None."""
+    if isinstance(value, str):
+        if value.isascii():  # O(1) in CPython
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return "", value[exc.start], exc.start
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and _lone_surrogate(k) is not None:
+                return str(k.encode("utf-8", "backslashreplace"), "ascii"), None, 0
+            found = _lone_surrogate(v)
+            if found is not None:
+                return (_field_path(str(k), found[0]),) + found[1:]
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _lone_surrogate(v)
+            if found is not None:
+                return (_field_path(f"[{i}]", found[0]),) + found[1:]
+    return None
+
+
+def _field_path(head: str, rest: str) -> str:
+    """``messages`` + ``[0].content`` -> ``messages[0].content``."""
+    return head if not rest else head + rest if rest.startswith("[") else f"{head}.{rest}"
 
 
 def _open_binary(path: str, compression: str | None):
@@ -108,8 +158,14 @@ class _JsonFile(_Reader):
 
     def __init__(self, path: str, kind: str, compression: str | None):
         self.name, self.kind, self.compression = path, kind, compression
+        self._escapes = False  # does the row just yielded have a \\ud... escape in its text?
         if compression is None:
             _refuse_wrong_suffix(path)
+
+    def check_text(self, record: Any, where: str) -> None:
+        # valid UTF-8 text decodes to valid Unicode: only a JSON escape can make a lone surrogate
+        if self._escapes:
+            _refuse_lone_surrogates(record, where)
 
     def describe(self) -> dict[str, Any]:
         return dict(super().describe(), compression=self.compression)
@@ -163,6 +219,7 @@ class _JsonFile(_Reader):
                                 "per line)" if self.kind == "json" else "")
                         raise DataError(f"{self.name}:{line_no}: malformed JSON ({exc.msg} at "
                                         f"column {exc.colno}){hint}") from None
+                    self._escapes = "\\ud" in text or "\\uD" in text
                     yield line_no, record, line_digest(body)
                 offset += len(raw)
 
@@ -187,6 +244,8 @@ class _JsonFile(_Reader):
         if not isinstance(records, list):
             raise DataError(f"{self.name}: a .json file must hold a JSON array of records or "
                             "one record per line")
+        self._escapes = "\\ud" in text or "\\uD" in text
+        del text
         for row, record in enumerate(records, start=1):
             yield row, record, None
 
@@ -207,6 +266,9 @@ def _refuse_wrong_suffix(path: str) -> None:
 
 class _ParquetFile(_Reader):
     kind, container = "parquet", "file"
+
+    def check_text(self, record: Any, where: str) -> None:
+        pass  # Arrow strings are UTF-8
 
     def __init__(self, path: str):
         self.name = path
@@ -261,6 +323,9 @@ def _pick_split(obj, split: str | None, name: str):
 class _DiskDataset(_Reader):
     kind = "disk"
 
+    def check_text(self, record: Any, where: str) -> None:
+        pass  # Arrow strings are UTF-8
+
     def __init__(self, path: str, split: str | None):
         self.name, self.split = path, split
         self._ds = None
@@ -294,12 +359,21 @@ class _HubDataset(_Reader):
         return {"kind": self.kind, "name": self.name, "split": self.split, "subset": self.subset}
 
     def rows(self):
+        # the network policy (time limits, giving up on a silent hub) is the model loader's
+        from trim_fast.models.loading import bounded_hub_access
+
+        with bounded_hub_access("dataset", self.name, announce=False):
+            yield from self._rows()
+
+    def _rows(self):
         import datasets
 
         if self._ds is None:
+            from huggingface_hub import constants
+
             log.warning("using the network: streaming split %r%s of the Hugging Face hub dataset "
-                        "%r", self.split, f" (subset {self.subset!r})" if self.subset else "",
-                        self.name)
+                        "%r from %s", self.split, f" (subset {self.subset!r})" if self.subset
+                        else "", self.name, constants.ENDPOINT)
             try:
                 self._ds = datasets.load_dataset(self.name, self.subset, split=self.split,
                                                  streaming=True)
@@ -534,6 +608,7 @@ class Records:
                                     f"({fmt}, detected from its first record)")
             ex = record_to_example(record, fmt, source=reader.name, line=line,
                                    to_messages=self._to_messages)
+            reader.check_text(record, where)  # after the shape's own, more specific, checks
             ex._digest = digest
             n += 1
             yield ex

@@ -158,7 +158,7 @@ def load_tokenizer(name: str | None = None, *, progress: bool = False):
 
     src = _source(name)
     with _loading(src, "tokenizer", progress):
-        tok = AutoTokenizer.from_pretrained(src.path, **src.kw)
+        tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=False, **src.kw)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -235,8 +235,11 @@ def _load_merged(src: _Source, adapter: str, torch_dtype, attn_implementation, p
 
 
 def _weights_kw(src: _Source) -> dict:
-    """GGUF is never pickle; everything else must be safetensors (also what a hub id serves)."""
-    return src.kw if "gguf_file" in src.kw else {**src.kw, "use_safetensors": True}
+    """GGUF is never pickle; everything else must be safetensors (also what a hub id serves).
+    Code shipped with a model (``auto_map``) never runs: ``trust_remote_code=False`` also keeps
+    transformers from asking on the terminal whether to run it."""
+    kw = {**src.kw, "trust_remote_code": False}
+    return kw if "gguf_file" in src.kw else {**kw, "use_safetensors": True}
 
 
 def model_id(name: str | None) -> str:
@@ -311,6 +314,20 @@ def _bf16_bits(x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _loading(src: _Source, what: str, progress: bool):
+    try:
+        with _loading_inner(src, what, progress):
+            yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(f"--model {src.path}: its config.json maps the {what} to Python code "
+                         "shipped with it (auto_map) and transformers has no class of its own for "
+                         "it; trim_fast never runs code from model files. Use a model whose "
+                         "architecture transformers supports natively.") from err
+
+
+@contextlib.contextmanager
+def _loading_inner(src: _Source, what: str, progress: bool):
     with _progress(progress):
         if not src.hub:
             yield
@@ -357,9 +374,18 @@ class _HubNoAnswer(ConnectionError):
     pass
 
 
+def bounded_hub_access(what: str, repo: str, *, announce: bool = True):
+    """The network policy for any hub access (models here, datasets in ``trim_fast.data``): a
+    WARNING first (unless ``announce=False``), a time limit on every request, and no new request
+    once the hub has not answered for ``HUB_NO_ANSWER_S``; a silent hub ends in a
+    ``ConnectionError`` naming the endpoint."""
+    return _hub_access(what, repo, announce=announce)
+
+
 @contextlib.contextmanager
-def _hub_access(what: str, repo: str):
-    """Say that the network is about to be used and for what, then bound every hub request."""
+def _hub_access(what: str, repo: str, *, announce: bool = True):
+    """Say that the network is about to be used and for what (``announce=False``: the caller
+    has said so), then bound every hub request made inside the block."""
     from huggingface_hub import constants, set_client_factory
     from huggingface_hub.utils import _http
 
@@ -367,8 +393,9 @@ def _hub_access(what: str, repo: str):
         log.info("HF_HUB_OFFLINE is set: %s %r comes from the local hub cache", what, repo)
         yield
         return
-    log.warning("using the network: fetching %s %r from %s (a hub id; pass a local directory "
-                "to stay offline)", what, repo, constants.ENDPOINT)
+    if announce:
+        log.warning("using the network: fetching %s %r from %s (a hub id; pass a local directory "
+                    "to stay offline)", what, repo, constants.ENDPOINT)
     limit = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or HUB_TIMEOUT_S)
     watch = _HubWatch(limit, HUB_NO_ANSWER_S)
     previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)

@@ -9,7 +9,9 @@ records it was computed from (and a score shard the digest of the whole pool whe
 enters its scores), so a record edited in place between a killed run and its resume, even with
 the same size and modification time, makes exactly the chunks it touches be redone. A run
 directory made by a different run (another model, tokenizer, bank, pool source or setting) is
-refused, naming what differs.
+refused, naming what differs. A model is known by its weights digest and a pool file by its
+resolved path, so two spellings of one model directory or one file are one run
+(:func:`run_identity`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,52 @@ CACHE_VERSION = 2  # 2: chunk headers carry content digests
 
 def _canonical(obj) -> dict:
     return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def run_identity(manifest: dict) -> dict:
+    """What makes two runs one run: the manifest with the model reduced to its weights digest
+    (its name is only how it was spelled: ``./models/m``, ``models/m/`` and the absolute path are
+    one model) and the pool's local paths resolved (``./pool.jsonl`` and ``pool.jsonl`` are one
+    file). Hashing this, not the manifest as given, makes score shards independent of spellings."""
+    m = _with_resolved_paths(_canonical(manifest))
+    model = m.get("model")
+    if isinstance(model, dict) and model.get("digest"):
+        m["model"] = {"digest": model["digest"]}
+    return m
+
+
+_LOCAL_KINDS = ("jsonl", "json", "parquet", "disk")
+
+
+def _with_resolved_paths(manifest: dict) -> dict:
+    """Local pool paths made absolute (against this process's working directory), so that a
+    manifest means the same files whatever directory a later run starts in."""
+    pool = manifest.get("pool")
+    if not isinstance(pool, list):
+        return manifest
+    resolved = []
+    for d in pool:
+        if isinstance(d, dict):
+            d = dict(d)
+            if d.get("kind") in _LOCAL_KINDS and isinstance(d.get("path"), str):
+                d["path"] = os.path.realpath(os.path.expanduser(d["path"]))
+            if isinstance(d.get("glob"), str):
+                d["glob"] = os.path.normpath(os.path.abspath(os.path.expanduser(d["glob"])))
+        resolved.append(d)
+    return dict(manifest, pool=resolved)
+
+
+def _difference(key: str, there, here) -> str:
+    """One line on what differs under ``key``: the directory's value, then this run's."""
+    if key == "model" and isinstance(there, dict) and isinstance(here, dict):
+        return (f"{there.get('name')!r} with weights digest {there.get('digest')} there, "
+                f"{here.get('name')!r} with weights digest {here.get('digest')} in this run")
+
+    def short(v) -> str:
+        text = json.dumps(v, sort_keys=True)
+        return text if len(text) <= 160 else text[:157] + "..."
+
+    return f"{short(there)} there, {short(here)} in this run"
 
 
 class WorkDir:
@@ -56,7 +104,7 @@ class WorkDir:
     def _claim_main(self, manifest: dict) -> None:
         os.makedirs(self.tokens, exist_ok=True)
         os.makedirs(self.scores, exist_ok=True)
-        manifest = _canonical(manifest)
+        manifest = _with_resolved_paths(_canonical(manifest))
         if os.path.exists(self.manifest):
             try:
                 with open(self.manifest, encoding="utf-8") as f:
@@ -64,11 +112,16 @@ class WorkDir:
             except (OSError, ValueError) as exc:
                 raise RuntimeError(f"{self.manifest}: unreadable run manifest ({exc}); delete "
                                    "that directory or use a new --out") from None
-            if old != manifest:
-                changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-                raise RuntimeError(
-                    f"{self.root} holds a run with a different {', '.join(changed)}; refusing to "
-                    "mix results. Use a new --out, or delete that directory")
+            if not isinstance(old, dict):
+                raise RuntimeError(f"{self.manifest}: not a run manifest; delete that directory "
+                                   "or use a new --out")
+            mine, theirs = run_identity(manifest), run_identity(old)
+            if mine != theirs:
+                changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                details = "; ".join(f"different {k}: {_difference(k, old.get(k), manifest.get(k))}"
+                                    for k in changed)
+                raise RuntimeError(f"{self.root} holds another run ({details}); refusing to mix "
+                                   "results. Use a new --out, or delete that directory")
             return
         with atomic_open(self.manifest) as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -94,4 +147,4 @@ class WorkDir:
                                                                         sort_keys=True)})
 
 
-__all__ = ["WorkDir", "CACHE_VERSION"]
+__all__ = ["WorkDir", "CACHE_VERSION", "run_identity"]
