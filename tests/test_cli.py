@@ -63,7 +63,7 @@ def test_same_command_twice_is_byte_identical(selected, tmp_path, tiny_model_dir
 def test_stages_give_the_same_coreset(selected, tmp_path, tiny_model_dir, demo_data):
     targets = [demo_data["targets"]["arithmetic"], demo_data["targets"]["list_sorting"]]
     assert run("fingerprint", "--model", tiny_model_dir, *sum((["--targets", t] for t in targets), []),
-               "--out", tmp_path, "--no-progress") == 0
+               *_pool_args(demo_data), "--out", tmp_path, "--no-progress") == 0
     banks = sorted(os.path.join(tmp_path, "banks", b) for b in os.listdir(tmp_path / "banks"))
     assert [os.path.basename(b) for b in banks] == ["arithmetic.safetensors", "list_sorting.safetensors"]
     assert run("score", "--model", tiny_model_dir, *_pool_args(demo_data),
@@ -154,7 +154,7 @@ def test_unwritable_out_and_foreign_bank(tmp_path, capsys, tiny_model_dir, demo_
     from trim_fast.bank import FingerprintBank
 
     assert run("fingerprint", "--model", tiny_model_dir, "--targets", demo_data["targets"]["arithmetic"],
-               "--out", tmp_path / "fp", "--no-progress") == 0
+               *_pool_args(demo_data), "--out", tmp_path / "fp", "--no-progress") == 0
     path = tmp_path / "fp" / "banks" / "arithmetic.safetensors"
     bank = FingerprintBank.load(str(path))
     bank.meta["tokenizer_digest"] = "0000000000000000"

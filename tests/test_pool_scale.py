@@ -74,7 +74,7 @@ def test_changed_pool_or_bank_is_refused(tmp_path, uninterrupted, tiny_model_dir
     argv = _select_argv(tiny_model_dir, demo_data, out)
     argv[argv.index(demo_data["targets"]["json_reformat"])] = demo_data["targets"]["list_sorting"]
     r = subprocess.run(_py("-m", "trim_fast", *argv), env=ENV, capture_output=True, text=True)
-    assert r.returncode == 2 and "different banks" in r.stderr
+    assert r.returncode == 2 and "different targets" in r.stderr
 
 
 def test_torchrun_two_gloo_processes_equal_one(tmp_path, uninterrupted, tiny_model_dir, demo_data):

@@ -116,7 +116,8 @@ def bank(tiny_model_dir, demo_data, tmp_path_factory):
     """A bank of the tiny model for the arithmetic targets."""
     out = tmp_path_factory.mktemp("fp")
     assert main(["fingerprint", "--model", tiny_model_dir, "--targets",
-                 demo_data["targets"]["arithmetic"], "--out", str(out), "--no-progress"]) == 0
+                 demo_data["targets"]["arithmetic"], *sum((["--pool", p] for p in demo_data["pool"]), []),
+                 "--out", str(out), "--no-progress"]) == 0
     return str(out / "banks" / "arithmetic.safetensors")
 
 
@@ -275,12 +276,14 @@ def test_1_inplace_edit_after_kill9_gives_the_clean_table(tmp_path, capsys, tiny
 
 def test_1b_inplace_edit_redoes_only_the_chunk_it_touches(tmp_path, capsys, tiny_model_dir, pool,
                                                           targets):
-    """Without the pool IDF a shard depends on its own chunk only: after a same-size, same-mtime
-    edit of line 1, chunk 0 is redone and the five others are reused; the table is the clean one."""
+    """Without the pool IDF and the pool's mean state (which an edit of a sampled record moves,
+    re-scoring every chunk), a shard depends on its own chunk only: after a same-size,
+    same-mtime edit of line 1, chunk 0 is redone and the five others are reused; the table is
+    the clean one."""
     data = tmp_path / "pool.jsonl"
     shutil.copy(pool, data)
     args = ["select", "--model", tiny_model_dir, "--pool", data, "--targets", targets,
-            "--chunk-size", "5", "--idf", "none", "--no-progress"]
+            "--chunk-size", "5", "--idf", "none", "--center", "none", "--no-progress"]
     ok(capsys, *args, "--out", tmp_path / "out")
     before = _score_of(tmp_path / "out", "pool-000000")
     _edit_line_in_place(str(data), 1, ARITHMETIC)
@@ -296,8 +299,8 @@ def test_2_overwritten_weights_refuse_the_old_bank_and_the_old_run(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_model_dir, "models/tiny2")
     bank = "fp/banks/arithmetic.safetensors"
-    ok(capsys, "fingerprint", "--model", "models/tiny2", "--targets", targets, "--out", "fp",
-       "--no-progress")
+    ok(capsys, "fingerprint", "--model", "models/tiny2", "--targets", targets, "--pool", pool,
+       "--out", "fp", "--no-progress")
     score = ["score", "--bank", bank, "--model", "models/tiny2", "--pool", pool, "--no-progress",
              "--out", "sc"]
     ok(capsys, *score)
@@ -312,7 +315,7 @@ def test_2_overwritten_weights_refuse_the_old_bank_and_the_old_run(tmp_path, mon
     assert "bank 'arithmetic' was built with model 'models/tiny2' (weights digest" in text
     assert "rebuild the bank with this model" in text
     text = refused(capsys, *run)  # banks rebuilt with the new weights, into the old --out
-    assert "holds another run (different banks: " in text, text
+    assert "holds another run (different model: " in text, text
     assert "different model: 'models/tiny2' with weights digest w1:" in text and " in this run" in text
     assert (_table("sc"), _table("run")) == tables_before  # and nothing was overwritten
     # the refusals guard a real difference: the bank's digest is not the new weights'
@@ -328,8 +331,8 @@ def test_2_spellings_of_one_model_directory_are_one_model(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_model_dir, "models/tiny2")
     absolute = os.path.join(str(tmp_path), "models", "tiny2")
-    ok(capsys, "fingerprint", "--model", "./models/tiny2", "--targets", targets, "--out", "fp",
-       "--no-progress")
+    ok(capsys, "fingerprint", "--model", "./models/tiny2", "--targets", targets, "--pool", pool,
+       "--out", "fp", "--no-progress")
     ok(capsys, "score", "--bank", "fp/banks/arithmetic.safetensors", "--model", "models/tiny2",
        "--pool", pool, "--out", "sc", "--no-progress")
     run = ["select", "--pool", pool, "--targets", targets, "--no-progress", "--out", "run"]
@@ -339,9 +342,6 @@ def test_2_spellings_of_one_model_directory_are_one_model(tmp_path, monkeypatch,
     assert _table("run").equals(first)
 
 
-@pytest.mark.xfail(strict=True, reason="api.py derives the shards' run digest from the model's "
-                   "name and the pool paths as spelled; see docs/RELIABILITY.md (needs "
-                   "trim_fast.run.workdir.run_identity in Selector.score)")
 def test_2_another_spelling_reuses_every_shard(tmp_path, monkeypatch, capsys, tiny_model_dir, pool,
                                                targets):
     monkeypatch.chdir(tmp_path)
@@ -357,7 +357,7 @@ def test_2_bank_of_an_overwritten_or_missing_adapter_is_refused(tmp_path, capsys
                                                                   pool, targets):
     lora = _make_adapter(tiny_model_dir, str(tmp_path / "lora"), seed=1)
     ok(capsys, "fingerprint", "--model", tiny_model_dir, "--adapter", lora, "--targets", targets,
-       "--out", tmp_path / "fp", "--no-progress")
+       "--pool", pool, "--out", tmp_path / "fp", "--no-progress")
     score = ["score", "--bank", tmp_path / "fp" / "banks" / "arithmetic.safetensors", "--model",
              tiny_model_dir, "--pool", pool, "--no-progress", "--out", tmp_path / "sc"]
     ok(capsys, *score, "--adapter", lora)
@@ -370,9 +370,9 @@ def test_3_banks_of_different_scope_are_refused_in_either_order(tmp_path, capsys
                                                                 tiny_model_dir, demo_data, pool):
     t = demo_data["targets"]
     ok(capsys, "fingerprint", "--model", tiny_model_dir, "--targets", t["arithmetic"], "--scope",
-       "all", "--out", tmp_path / "a", "--no-progress")
+       "all", "--pool", pool, "--out", tmp_path / "a", "--no-progress")
     ok(capsys, "fingerprint", "--model", tiny_model_dir, "--targets", t["list_sorting"], "--scope",
-       "response", "--out", tmp_path / "b", "--no-progress")
+       "response", "--pool", pool, "--out", tmp_path / "b", "--no-progress")
     a = tmp_path / "a" / "banks" / "arithmetic.safetensors"
     b = tmp_path / "b" / "banks" / "list_sorting.safetensors"
     with monkeypatch.context() as m:  # refused from the banks' headers, before any model loads
@@ -395,7 +395,7 @@ def test_3_banks_of_different_scope_are_refused_in_either_order(tmp_path, capsys
 def test_3_score_flag_contradicting_the_banks_is_refused(tmp_path, capsys, monkeypatch,
                                                          tiny_model_dir, pool, targets):
     ok(capsys, "fingerprint", "--model", tiny_model_dir, "--targets", targets, "--max-length", "40",
-       "--out", tmp_path / "fp", "--no-progress")
+       "--pool", pool, "--out", tmp_path / "fp", "--no-progress")
     bank40 = tmp_path / "fp" / "banks" / "arithmetic.safetensors"
     score = ["score", "--bank", bank40, "--model", tiny_model_dir, "--pool", pool, "--no-progress"]
     with monkeypatch.context() as m:  # refused from the bank's header, before any model loads
@@ -459,7 +459,7 @@ def test_4_lone_surrogate_through_the_library(tiny_model_dir):
     with pytest.raises(DataError, match=r"records:4: .*lone surrogate"):
         sel.select(pool + [bad], pool, k=1)
     with pytest.raises(DataError, match=r"records:2: field 'meta' holds '\\ud800'"):
-        sel.score([pool[0], dict(pool[1], meta="\ud800")], sel.fingerprint(pool))
+        sel.score([pool[0], dict(pool[1], meta="\ud800")], sel.fingerprint(pool, pool=pool))
 
 
 _SILENT_HUB_CLI = textwrap.dedent("""
@@ -600,8 +600,8 @@ def test_bank_class_id_above_the_vocabulary_is_refused(tmp_path, capsys, tiny_mo
     good = FingerprintBank.load(bank)
     classes = good.classes.clone()
     classes[-1] = VOCAB + 5
-    FingerprintBank(classes, good.vectors, good.counts, good.mass, dict(good.meta)).save(
-        str(tmp_path / "bad.safetensors"))
+    FingerprintBank(classes, good.vectors, good.counts, good.mass, dict(good.meta),
+                    good.center).save(str(tmp_path / "bad.safetensors"))
     text = refused(capsys, "score", "--bank", tmp_path / "bad.safetensors", "--model", tiny_model_dir,
                    "--pool", pool, "--out", tmp_path / "o", "--no-progress")
     assert f"holds token id {VOCAB + 5}, outside the tokenizer's vocabulary of {VOCAB}" in text

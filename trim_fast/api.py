@@ -34,8 +34,9 @@ from trim_fast.data import DataError, Records, open_records, tokenizer_digest
 from trim_fast.models.loading import weights_digest
 from trim_fast.models.prepare import forward_model
 from trim_fast.run.distributed import DistContext
-from trim_fast.run.workdir import WorkDir
-from trim_fast.scoring.engine import ForwardCache, PoolScores, score_pool, tokenize_chunk
+from trim_fast.run.workdir import WorkDir, run_identity
+from trim_fast.scoring.engine import (ForwardCache, PoolScores, chunk_digest, score_pool,
+                                      tokenize_chunk)
 from trim_fast.selection import Selection, choose
 
 logger = logging.getLogger("trim_fast")
@@ -158,7 +159,7 @@ class Selector:
         chunk = tokenize_chunk(self.tokenizer, examples, self.config)
         meta = {"task": name, "model": info, "tokenizer_digest": tokenizer_digest(self.tokenizer),
                 "family": target_family([e.meta.get("family") for e in examples]),
-                "num_targets": len(examples)}
+                "num_targets": len(examples), "targets_digest": chunk_digest(examples)}
         bank = fingerprint_tokens(base, chunk, self.config, pad_id=self.pad_id, meta=meta,
                                   center=center, progress=self.progress)
         logger.info("task %s: %d targets -> %d fingerprints", name, len(examples), len(bank))
@@ -181,9 +182,14 @@ class Selector:
             manifest = {"model": info, "tokenizer": tokenizer_digest(self.tokenizer),
                         "dtype": str(param.dtype).replace("torch.", ""),
                         "device": param.device.type,
-                        "banks": {t: b.digest() for t, b in banks.items()},
+                        # the targets, by content: a bank's vectors also depend on the pool
+                        # sample that centres them, which an in-place edit may change
+                        "targets": {t: b.meta.get("targets_digest") or b.digest()
+                                    for t, b in banks.items()},
                         "pool": records.describe(), "settings": self.config.scoring_settings()}
-            run_digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+            # score shards depend on the banks themselves (vectors and center)
+            identity = dict(run_identity(manifest), banks={t: b.digest() for t, b in banks.items()})
+            run_digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             workdir = None
             if work_dir is not None:
                 workdir = WorkDir(work_dir)
