@@ -72,7 +72,7 @@ def summary(caches=CACHES):
             continue
         res = load(cache)
         out += [f"#### {cache}: {DESCR.get(cache, '')} ({res['n']} examples, k at 5% = {res['k5']})", "",
-                "| selector | mean P@5% | worst P@5% | mean P@|family| | worst P@|family| |",
+                "| selector | mean P@5% | worst P@5% | mean P@\\|family\\| | worst P@\\|family\\| |",
                 "|---|---|---|---|---|"]
         for label in KEY:
             r = resolve(res, label)
@@ -102,10 +102,23 @@ def families(cache):
     return "\n".join(out) + "\n"
 
 
+def families_all(cache):
+    """Every row of one cache, per family: P@5% / P@|family|."""
+    res = load(cache)
+    tasks = res["tasks"]
+    out = [f"#### {cache}: {DESCR.get(cache, '')}: every variant per family, P@5% / P@|family|", "",
+           "| selector | " + " | ".join(tasks) + " | mean | worst |", "|---|" + "---|" * (len(tasks) + 2)]
+    for r in res["rows"]:
+        cells = [f"{r['per_task'][t][0]:.2f} / {r['per_task'][t][1]:.2f}" for t in tasks]
+        out.append(f"| {r['label']} | " + " | ".join(cells) +
+                   f" | {r['mean5']:.3f} / {r['meanF']:.3f} | {r['min5']:.3f} / {r['minF']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def all_rows(cache):
     res = load(cache)
     out = [f"#### {cache}: {DESCR.get(cache, '')}: every variant", "",
-           "| group | selector | mean P@5% | worst P@5% | mean P@|family| | worst P@|family| |",
+           "| group | selector | mean P@5% | worst P@5% | mean P@\\|family\\| | worst P@\\|family\\| |",
            "|---|---|---|---|---|---|"]
     for r in res["rows"]:
         out.append(f"| {r['group']} | {r['label']} | {fmt(r['mean5'])} | {fmt(r['min5'])} | "
@@ -141,6 +154,8 @@ if __name__ == "__main__":
         print(summary())
     elif what == "families":
         print(families(sys.argv[2]))
+    elif what == "families-all":
+        print(families_all(sys.argv[2]))
     elif what == "all":
         print(all_rows(sys.argv[2]))
     elif what == "compact":
