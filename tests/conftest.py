@@ -1,4 +1,7 @@
 import os
+import socket
+import threading
+from types import SimpleNamespace
 
 import torch
 
@@ -48,3 +51,33 @@ def demo_data(tmp_path_factory):
     from trim_fast.demo.generate import generate
 
     return generate(str(tmp_path_factory.mktemp("demo")), pool_size=60, targets_per_family=4, seed=0)
+
+
+@pytest.fixture
+def silent_hub(tmp_path):
+    """A hub endpoint that accepts connections and never answers: ``endpoint``, the
+    ``accepted`` connections, and ``env`` for a child process that talks to it (huggingface_hub
+    reads HF_ENDPOINT at import, so the client runs in a child process)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE", "HUGGINGFACE"))}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p))
+    yield SimpleNamespace(endpoint=endpoint, accepted=accepted, env=env)
+    server.close()
+    for conn in accepted:
+        conn.close()

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -316,22 +315,8 @@ def test_hub_id_warns_before_any_request(monkeypatch, caplog, tiny_model_dir):
         assert seen and all(any("using the network" in m and repo in m for m in s) for s in seen), seen
 
 
-def test_silent_hub_endpoint_fails_within_a_bound(tmp_path):
-    """An endpoint that accepts connections and never answers: a clear error, bounded time.
-    Run in a child process because huggingface_hub reads HF_ENDPOINT at import."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    accepted = []
-
-    def serve():
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=serve, daemon=True).start()
+def test_silent_hub_endpoint_fails_within_a_bound(silent_hub):
+    """An endpoint that accepts connections and never answers: a clear error, bounded time."""
     script = textwrap.dedent("""
         import logging, time
         logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
@@ -343,22 +328,15 @@ def test_silent_hub_endpoint_fails_within_a_bound(tmp_path):
         except ConnectionError as e:
             print("FAILED_IN", round(time.monotonic() - t0, 1), "|", e)
     """)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE", "HUGGINGFACE"))}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}", HF_HOME=str(tmp_path / "hf"),
-               PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p))
-    try:
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                             timeout=90)
-    finally:
-        server.close()
+    out = subprocess.run([sys.executable, "-c", script], env=silent_hub.env, capture_output=True,
+                         text=True, timeout=90)
     text = out.stdout + out.stderr
     assert "FAILED_IN" in out.stdout, text[-3000:]
     seconds = float(out.stdout.split("FAILED_IN")[1].split("|")[0])
     assert seconds < 12, text[-3000:]
     assert "did not answer" in out.stdout and "org/name" in out.stdout
     assert "LOG trim_fast.models using the network: fetching model 'org/name'" in out.stderr
-    assert accepted, "the request must have reached the silent server"
+    assert silent_hub.accepted, "the request must have reached the silent server"
 
 
 def test_pickled_weights_are_refused_with_a_reason(tiny_model_dir, adapter_dir, tmp_path, monkeypatch):

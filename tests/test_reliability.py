@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pyarrow as pa
@@ -481,27 +480,11 @@ _SILENT_HUB_CLI = textwrap.dedent("""
 
 @pytest.mark.parametrize("what", ["model", "dataset"])
 def test_5_silent_hub_endpoint_fails_within_a_bound_and_says_so_first(what, tmp_path, pool, targets,
-                                                                      tiny_model_dir):
+                                                                      silent_hub, tiny_model_dir):
     """An endpoint that accepts connections and never answers: ``select --model ORG/NAME`` (and
     ``--pool ORG/NAME``, a hub dataset) fails in bounded time with a clear error, and said before
     its first connection that it was about to use the network, for what, and where."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    accepted = []
-
-    def serve():
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=serve, daemon=True).start()
-    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
-    env = {k: v for k, v in _subprocess_env().items()
-           if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE", "HUGGINGFACE"))}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"))
+    endpoint, accepted, env = silent_hub.endpoint, silent_hub.accepted, silent_hub.env
     if what == "model":
         args = ["--model", "some-org/some-model", "--pool", pool]
         said = f"using the network: fetching tokenizer 'some-org/some-model' from {endpoint}"
@@ -510,14 +493,9 @@ def test_5_silent_hub_endpoint_fails_within_a_bound_and_says_so_first(what, tmp_
         said = (f"using the network: streaming split 'train' of the Hugging Face hub dataset "
                 f"'some-org/some-data' from {endpoint}")
     t0 = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, "-c", _SILENT_HUB_CLI, "select", *args, "--targets",
-                               targets, "--out", str(tmp_path / "out"), "--no-progress"],
-                              env=env, capture_output=True, text=True, timeout=120)
-    finally:
-        server.close()
-        for conn in accepted:
-            conn.close()
+    proc = subprocess.run([sys.executable, "-c", _SILENT_HUB_CLI, "select", *args, "--targets",
+                           targets, "--out", str(tmp_path / "out"), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=120)
     err = proc.stderr
     assert proc.returncode == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
