@@ -118,24 +118,26 @@ class Selector:
                            if i is not None)
 
     # -- targets -> banks ---------------------------------------------------------------------
-    def fingerprint(self, targets: Any, *, task: str | None = None,
-                    pool: Any = None) -> dict[str, FingerprintBank]:
+    def fingerprint(self, targets: Any, *, task: str | None = None, pool: Any = None,
+                    forward_cache: ForwardCache | None = None) -> dict[str, FingerprintBank]:
         """One bank per task. ``targets``: one task's records (named ``task``, default
         ``"targets"``), or a mapping ``{task: records}``. ``pool``: the pool the banks are for;
-        a method that centres (the default) takes the mean state of a seeded sample of it."""
+        a method that centres (the default) takes the mean state of a seeded sample of it
+        (``forward_cache``: reuse that sample's forward passes across calls)."""
         tasks = _tasks(targets, task)
         ctx = DistContext.current()
         with forward_model(self.model) as base:
             info = self._model_info(base)
 
             def build():
-                center = self._pool_center(base, pool) if self.config.center == "pool" else None
+                center = self._pool_center(base, pool, forward_cache) \
+                    if self.config.center == "pool" else None
                 return {name: self._fingerprint_task(base, name, recs, info, center)
                         for name, recs in tasks.items()}
 
             return ctx.on_main(build)
 
-    def _pool_center(self, base, pool: Any) -> torch.Tensor:
+    def _pool_center(self, base, pool: Any, forward_cache: ForwardCache | None) -> torch.Tensor:
         """The mean state of the counted tokens of ``center_sample`` pool examples (seeded)."""
         cfg = self.config
         if pool is None:
@@ -146,7 +148,7 @@ class Selector:
         size = records.count()
         picks = sorted(random.Random(cfg.seed).sample(range(size), min(cfg.center_sample, size)))
         chunk = tokenize_chunk(self.tokenizer, records.take(picks), cfg)
-        center = mean_state(base, chunk, cfg, pad_id=self.pad_id)
+        center = mean_state(base, chunk, cfg, pad_id=self.pad_id, forward_cache=forward_cache)
         logger.info("mean state of %d pool example(s) (seed %d) centres the hidden states",
                     len(picks), cfg.seed)
         return center
@@ -263,7 +265,7 @@ class Selector:
         records = open_records(pool)
         if targets is None:
             targets = {"in_domain": self._in_domain_targets(records)}
-        banks = self.fingerprint(targets, pool=records)
+        banks = self.fingerprint(targets, pool=records, forward_cache=forward_cache)
         scores = self.score(records, banks, work_dir=work_dir, forward_cache=forward_cache)
         sel = self.choose(scores, fraction=fraction, k=k)
         return SelectionResult(sel.indices, scores, sel.combined, sel.k, sel.unscored, banks, records)

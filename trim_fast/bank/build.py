@@ -44,14 +44,20 @@ def fingerprint_tokens(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id
     return acc.finish(dict(meta, settings=cfg.bank_settings()), center=center)
 
 
-def mean_state(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id: int) -> torch.Tensor:
+def mean_state(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id: int,
+               forward_cache=None) -> torch.Tensor:
     """``[d]`` fp32: the mean last hidden state of the counted tokens of ``chunk`` (accumulated in
-    float64), the center of ``cfg.center == "pool"``."""
+    float64), the center of ``cfg.center == "pool"``. ``forward_cache``: a
+    :class:`trim_fast.scoring.engine.ForwardCache` to take the forward passes from."""
     device = next(model.parameters()).device
     total, count = None, 0
     for batch in chunk.batches(cfg.max_tokens):
         ids, mask, counted = pad_batch([chunk.example(i) for i in batch], pad_id, device)
-        hidden = encode_last_hidden(model, ids, mask)[counted].double()
+        if forward_cache is None:
+            hidden = encode_last_hidden(model, ids, mask)
+        else:
+            hidden = forward_cache.hidden(ids, lambda: encode_last_hidden(model, ids, mask))
+        hidden = hidden[counted].double()
         total = hidden.sum(0) if total is None else total + hidden.sum(0)
         count += hidden.shape[0]
     if not count:

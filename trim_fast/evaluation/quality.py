@@ -159,7 +159,7 @@ STUDY: list[tuple[str, str, dict]] = [
 
 def task_scores(selector: Selector, pool, targets: dict, cache: ForwardCache) -> torch.Tensor:
     """``[T, P]``: every task's scores, through the shipped path."""
-    banks = selector.fingerprint(targets, pool=pool)
+    banks = selector.fingerprint(targets, pool=pool, forward_cache=cache)
     return selector.score(pool, banks, forward_cache=cache).score
 
 
@@ -182,7 +182,7 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
     method_scores, runs = {}, {}
     for name, settings in METHODS.items():
         sel = variant(settings)
-        banks = sel.fingerprint(targets, pool=pool)
+        banks = sel.fingerprint(targets, pool=pool, forward_cache=cache)
         runs[name] = (sel, banks, sel.score(pool, banks, forward_cache=cache))
         method_scores[name] = runs[name][2].score
     default, banks, scores = runs[next(iter(METHODS))]  # the first is the default
