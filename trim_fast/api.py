@@ -264,7 +264,7 @@ class Selector:
         the top ``k`` (default ``round(config.fraction * |pool|)``)."""
         records = open_records(pool)
         if targets is None:
-            targets = {"in_domain": self._in_domain_targets(records)}
+            targets = {"in_domain": self.in_domain_targets(records)}
         banks = self.fingerprint(targets, pool=records, forward_cache=forward_cache)
         scores = self.score(records, banks, work_dir=work_dir, forward_cache=forward_cache)
         sel = self.choose(scores, fraction=fraction, k=k)
@@ -285,7 +285,10 @@ class Selector:
                            len(sel.unscored))
         return sel
 
-    def _in_domain_targets(self, records: Records) -> Records:
+    def in_domain_targets(self, pool: Any) -> Records:
+        """In-domain mode: a seeded sample of ``config.target_sample`` pool examples, as the
+        targets of one task."""
+        records = open_records(pool)
         size = records.count()
         n = min(self.config.target_sample, size)
         picks = sorted(random.Random(self.config.seed).sample(range(size), n))

@@ -348,7 +348,7 @@ def cmd_select(values: dict) -> int:
             adapter = warm.adapter_dir
         sel = _selector(values, cfg, adapter=adapter)
         banks = sel.fingerprint(tasks if tasks is not None else
-                                {"in_domain": sel._in_domain_targets(pool)}, pool=pool)
+                                {"in_domain": sel.in_domain_targets(pool)}, pool=pool)
         scores = sel.score(pool, banks, work_dir=out_dir)
         choice = sel.choose(scores, rounding="less" if values.get("layout") == "less" else "half_up")
         if ctx.is_main:
@@ -441,7 +441,7 @@ def cmd_fingerprint(values: dict) -> int:
     out_dir = outputs.ensure_out_dir(values["out"])
     os.makedirs(os.path.join(out_dir, "banks"), exist_ok=True)
     sel = _selector(values, cfg)
-    banks = sel.fingerprint(tasks if tasks is not None else {"in_domain": sel._in_domain_targets(pool)},
+    banks = sel.fingerprint(tasks if tasks is not None else {"in_domain": sel.in_domain_targets(pool)},
                             pool=pool)
     for name, bank in banks.items():
         path = os.path.join(out_dir, "banks", f"{name}.safetensors")
