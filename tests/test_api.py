@@ -273,8 +273,9 @@ def test_library_calls_print_nothing_and_log_to_trim_fast(tiny_model_dir, data, 
 
 
 def test_weights_digest_follows_the_weights(tiny_model_dir, data):
-    """The bank's model digest is computed once while the weights stay as they are, and anew
-    when a training step changes them (a frontend trains between selections)."""
+    """The bank's model digest is computed once per select (fingerprint and score share it),
+    and anew at the next call, after a training step changed the weights (a frontend trains
+    between selections)."""
     from unittest import mock
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -289,6 +290,6 @@ def test_weights_digest_follows_the_weights(tiny_model_dir, data):
         first = selector.select(pool[:6], targets).banks["targets"].meta["model"]["digest"]
         assert digest.call_count == 1  # fingerprint and score share it
         with torch.no_grad():
-            next(model.parameters()).add_(1e-2)  # what an optimizer step does
+            next(model.parameters()).data.add_(1e-2)  # in place, as an optimizer step or EMA swap
         banks = selector.fingerprint(targets, pool=pool)
         assert digest.call_count == 2 and banks["targets"].meta["model"]["digest"] != first

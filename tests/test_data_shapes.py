@@ -282,7 +282,9 @@ def test_to_messages_hook(smollm_tokenizer):
     with_tools = _one({"q": "x"}, to_messages=lambda r: {"messages": qa({"q": "x", "a": "y"}),
                                                          "tools": TOOLS})
     assert with_tools.tools == TOOLS
-    assert open_records(recs, to_messages=qa).describe()[0]["format"] == "custom"
+    described = open_records(recs, to_messages=qa).describe()[0]["format"]
+    assert described.startswith("custom:") and ".qa:" in described  # the hook by name and code
+    assert open_records(recs, to_messages=lambda r: qa(r)).describe()[0]["format"] != described
     with pytest.raises(DataError, match=r"records:2: to_messages failed: KeyError: 'q'"):
         list(open_records([recs[0], {"other": 1}], to_messages=qa))
     with pytest.raises(DataError, match=r"records:1: to_messages returned int"):

@@ -88,19 +88,25 @@ def test_less_layout(tmp_path, tiny_model_dir, demo_data):
     assert summary["k"] == 5 and summary["resolved"]["layout"] == "less"
 
 
-def test_config_file_sets_flags_and_command_line_wins(tmp_path, tiny_model_dir, demo_data):
+def test_config_file_sets_flags_and_command_line_wins(tmp_path, tiny_model_dir, demo_data, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: {tiny_model_dir}\npool: {demo_data['pool']}\n"
-                   f"targets: {demo_data['targets']['arithmetic']}\nlayers: 2\nfraction: 0.2\n"
+                   f"targets: {demo_data['targets']['arithmetic']}\nlayers: '2'\nfraction: 0.2\n"
                    "no-progress: true\n")
     out = tmp_path / "c"
     assert run("select", "--config", cfg, "--fraction", "0.1", "--out", out) == 0
     summary = json.load(open(out / "summary.json"))
     assert summary["config"]["layers"] == 2 and summary["config"]["fraction"] == 0.1
+    assert summary["config"]["fallback"] == "skip"  # resolved: the method's value, not None
     assert summary["resolved"]["model"]["model"] == tiny_model_dir
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"layerz": 3}))
-    assert run("select", "--config", bad, "--out", out) == 2
+    for content, message in (({"layerz": 3}, "unknown setting 'layerz'"),
+                             ({"layers": "four"}, "layers: 'four' is not a valid int"),
+                             ({"layout": "LESS"}, "layout: 'LESS' is not one of trim, less"),
+                             ({"dry-run": "yes"}, "dry-run: expected true or false")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        assert run("select", "--config", bad, "--out", out) == 2
+        assert f"--config {bad}: " in capsys.readouterr().err
 
 
 def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_model_dir, demo_data, capsys):

@@ -17,6 +17,7 @@ DDP/accelerate-wrapped model, in eval mode. Pools and targets are anything
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
-from trim_fast.bank import FingerprintBank
+from trim_fast.bank import FingerprintBank, settings_conflict
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
 from trim_fast.config import SelectionConfig
 from trim_fast.data import DataError, Records, open_records, tokenizer_digest
@@ -89,9 +90,12 @@ class Selector:
 
     def __init__(self, model: Any = None, tokenizer: Any = None,
                  config: SelectionConfig | None = None, *, adapter: str | None = None,
-                 device: str | None = None, dtype: str = "auto", progress: bool = False):
+                 device: str | None = None, dtype: str = "auto", progress: bool = False,
+                 distributed: bool = True):
         self.config = (config or SelectionConfig()).resolved()
         self.progress = progress
+        self.distributed = distributed
+        self._pin, self._pinned_info = False, None  # see _one_weights_digest
         if isinstance(model, torch.nn.Module):
             if tokenizer is None:
                 raise TypeError("Selector: a loaded model needs its tokenizer too: "
@@ -125,9 +129,11 @@ class Selector:
         a method that centres (the default) takes the mean state of a seeded sample of it
         (``forward_cache``: reuse that sample's forward passes across calls)."""
         tasks = _tasks(targets, task)
-        ctx = DistContext.current()
+        ctx = self._dist()
         with forward_model(self.model) as base:
             info = self._model_info(base)
+            if forward_cache is not None:
+                forward_cache.bind(info["digest"])
 
             def build():
                 center = self._pool_center(base, pool, forward_cache) \
@@ -176,9 +182,11 @@ class Selector:
         earlier call on the same pool (in memory)."""
         records = open_records(pool)
         banks = _banks(banks)
-        ctx = DistContext.current()
+        ctx = self._dist()
         with forward_model(self.model) as base:
             info = self._model_info(base)
+            if forward_cache is not None:
+                forward_cache.bind(info["digest"])
             self.check_banks(banks, info)
             param = next(base.parameters())
             manifest = {"model": info, "tokenizer": tokenizer_digest(self.tokenizer),
@@ -188,7 +196,8 @@ class Selector:
                         # sample that centres them, which an in-place edit may change
                         "targets": {t: b.meta.get("targets_digest") or b.digest()
                                     for t, b in banks.items()},
-                        "pool": records.describe(), "settings": self.config.scoring_settings()}
+                        "pool": records.describe(), "settings": self.config.scoring_settings(),
+                        "bank_settings": next(iter(banks.values())).meta["settings"]}
             # score shards depend on the banks themselves (vectors and center)
             identity = dict(run_identity(manifest), banks={t: b.digest() for t, b in banks.items()})
             run_digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -196,7 +205,7 @@ class Selector:
             if work_dir is not None:
                 workdir = WorkDir(work_dir)
                 workdir.claim(manifest, ctx)
-            scores = score_pool(base, self.tokenizer, records, banks, self.config,
+            scores = score_pool(base, self.tokenizer, records, banks, self.config, pad_id=self.pad_id,
                                 run_digest=run_digest, workdir=workdir, ctx=ctx,
                                 progress=self.progress, forward_cache=forward_cache)
         if int((scores.truncated > 0).sum()):
@@ -210,20 +219,10 @@ class Selector:
         token id outside the vocabulary."""
         if not banks:
             raise ValueError("no fingerprint bank given")
-        settings = {}
-        for name, bank in banks.items():
-            s = bank.meta.get("settings")
-            if not isinstance(s, dict):
-                raise ValueError(f"bank {name!r} records no settings in its header; rebuild it "
-                                 "with this version of trim_fast")
-            settings[name] = s
-        first_name, first = next(iter(settings.items()))
-        for name, s in settings.items():
-            diff = sorted(k for k in set(s) | set(first) if s.get(k) != first.get(k))
-            if diff:
-                raise ValueError(f"banks {first_name!r} and {name!r} were built with different "
-                                 f"settings ({', '.join(f'{k}: {first.get(k)!r} vs {s.get(k)!r}' for k in diff)}); "
-                                 "build every bank of one run with the same settings")
+        conflict = settings_conflict(banks)
+        if conflict:
+            raise ValueError(conflict)
+        first = next(iter(banks.values())).meta["settings"]
         for key in SHARED_WITH_POOL:
             if first.get(key) != getattr(self.config, key):
                 raise ValueError(f"the banks were built with {key}={first.get(key)!r}, this run "
@@ -265,8 +264,9 @@ class Selector:
         records = open_records(pool)
         if targets is None:
             targets = {"in_domain": self.in_domain_targets(records)}
-        banks = self.fingerprint(targets, pool=records, forward_cache=forward_cache)
-        scores = self.score(records, banks, work_dir=work_dir, forward_cache=forward_cache)
+        with self._one_weights_digest():
+            banks = self.fingerprint(targets, pool=records, forward_cache=forward_cache)
+            scores = self.score(records, banks, work_dir=work_dir, forward_cache=forward_cache)
         sel = self.choose(scores, fraction=fraction, k=k)
         return SelectionResult(sel.indices, scores, sel.combined, sel.k, sel.unscored, banks, records)
 
@@ -297,27 +297,36 @@ class Selector:
         return open_records(records.take(picks))
 
     def _model_info(self, base) -> dict:
-        # The digest is a pass over the weights: kept while every parameter is the same tensor
-        # at the same version (an optimizer step or a merge changes one or the other).
-        key = tuple((id(p), p.data_ptr(), p._version) for p in base.parameters())
-        if getattr(self, "_digest_key", None) != key:
-            self._digest_key, self._digest = key, weights_digest(base)
-        return {"name": self.model_name, "digest": self._digest}
+        """The model's name and weights digest (a pass over the weights: taken at every public
+        call, since a frontend may change the weights in between; once per :meth:`select`)."""
+        if self._pinned_info is not None:
+            return self._pinned_info
+        info = {"name": self.model_name, "digest": weights_digest(base)}
+        if self._pin:
+            self._pinned_info = info
+        return info
+
+    @contextlib.contextmanager
+    def _one_weights_digest(self):
+        """Within one call that fingerprints and scores, the weights do not change."""
+        self._pin, self._pinned_info = True, None
+        try:
+            yield
+        finally:
+            self._pin, self._pinned_info = False, None
+
+    def _dist(self) -> DistContext:
+        return DistContext.current() if self.distributed else DistContext()
 
 
 def _tasks(targets: Any, task: str | None) -> dict[str, Records]:
-    if isinstance(targets, Mapping) and not _looks_like_record(targets):
+    if isinstance(targets, Mapping):
         if task is not None:
             raise ValueError("task= names a single task; a mapping already names its tasks")
         if not targets:
             raise ValueError("no target task given")
         return {str(name): open_records(src) for name, src in targets.items()}
     return {task or "targets": open_records(targets)}
-
-
-def _looks_like_record(obj: Mapping) -> bool:
-    return any(k in obj for k in ("messages", "conversations", "instruction", "prompt", "text",
-                                  "input_ids"))
 
 
 def _banks(banks: Any) -> dict[str, FingerprintBank]:

@@ -67,9 +67,9 @@ def _output_args(p) -> None:
                    help="coreset file: auto (Parquet for Parquet pools, else JSONL), jsonl, "
                         "parquet, or hf (a datasets save_to_disk folder)")
     g.add_argument("--layout", choices=("trim", "less"), default=argparse.SUPPRESS,
-                   help="less: also OUT/<task>/sorted.csv and OUT/<task>/top_p*.jsonl as LESS "
-                        "writes them (file name, index, score), and k = int(fraction * |pool|) as "
-                        "LESS rounds it")
+                   help="less: k = int(fraction * |pool|) as LESS rounds it; select also writes "
+                        "OUT/<task>/sorted.csv and OUT/<task>/top_p*.jsonl as LESS writes them "
+                        "(file name, index, score)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,31 +171,50 @@ def read_config_file(path: str, command: str) -> dict:
                         f"({exc})") from None
     if not isinstance(data, dict):
         raise DataError(f"--config {path}: expected a mapping of flag names to values")
-    dests = _dests(command)
+    actions = _actions(command)
     out = {}
     for key, value in data.items():
-        dest = str(key).lstrip("-").replace("-", "_")
-        dest = dests.get(dest, dest)
-        if dest not in dests.values():
+        name = str(key).lstrip("-").replace("-", "_")
+        action = actions.get(name)
+        if action is None:
             raise DataError(f"--config {path}: unknown setting {key!r} for '{command}'; known: "
-                            f"{', '.join(sorted(dests))}")
-        if dest in ("pool", "targets", "bank") and isinstance(value, str):
-            value = [value]
-        out[dest] = value
+                            f"{', '.join(sorted(actions))}")
+        out[action.dest] = _config_value(action, value, f"--config {path}: {key}")
     return out
 
 
-def _dests(command: str) -> dict[str, str]:
-    """Setting names a config file may use for ``command`` -> their namespace dest."""
+def _actions(command: str) -> dict:
+    """Setting names a config file may use for ``command`` (dests and flag names) -> the flag."""
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     out = {}
     for action in sub.choices[command]._actions:
         if action.dest in ("help", "config"):
             continue
-        out[action.dest] = action.dest
+        out[action.dest] = action
         for opt in action.option_strings:
-            out[opt.lstrip("-").replace("-", "_")] = action.dest
+            out[opt.lstrip("-").replace("-", "_")] = action
     return out
+
+
+def _config_value(action, value, where: str):
+    """A config file's value as the flag would have parsed it: typed, and within its choices."""
+    if isinstance(action, argparse._AppendAction):
+        values = value if isinstance(value, list) else [value]
+        return [_config_value(argparse.Action([], "x", type=action.type), v, where) for v in values]
+    if action.nargs == 0:  # a switch
+        if not isinstance(value, bool):
+            raise DataError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if value is None or isinstance(value, (list, dict)):
+        raise DataError(f"{where}: expected one value, got {value!r}")
+    try:
+        value = (action.type or str)(value if not isinstance(value, bool) else str(value).lower())
+    except (TypeError, ValueError):
+        kind = getattr(action.type, "__name__", "value")
+        raise DataError(f"{where}: {value!r} is not a valid {kind}") from None
+    if action.choices and value not in action.choices:
+        raise DataError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def _progress(values: dict) -> bool:
@@ -312,10 +331,10 @@ def _write_selection(values: dict, cfg, sel, scores, choice, banks, pool, out_di
             outputs.write_less_task(os.path.join(out_dir, task), scores, t_i, choice.k, pool,
                                     outputs.coreset_name(cfg.fraction, cfg.k, "jsonl", layout="less"))
     logger.info("selected %d of %d -> %s", len(choice.indices), len(scores), path)
-    summary = outputs.summary(cfg, scores, choice, banks, seconds=seconds)
+    summary = outputs.summary(sel.config, scores, choice, banks, seconds=seconds)
     summary["model"] = {"name": sel.model_name}
     summary["resolved"] = {"model": as_dict(build_settings(ModelConfig, values)),
-                           "selection": as_dict(cfg), "layout": layout, "output_format": fmt}
+                           "selection": as_dict(sel.config), "layout": layout, "output_format": fmt}
     summary["outputs"] = {"coreset": name, "table": ["scores.parquet", "sorted.csv"],
                           "report": "report.png"}
     summary.update(extra or {})
@@ -451,7 +470,7 @@ def cmd_fingerprint(values: dict) -> int:
 
 
 def cmd_score(values: dict) -> int:
-    from trim_fast.bank import FingerprintBank
+    from trim_fast.bank import FingerprintBank, settings_conflict
     from trim_fast.config import BANK_FIELDS
     from trim_fast.run import outputs
     from trim_fast.run.distributed import init_distributed
@@ -464,18 +483,12 @@ def cmd_score(values: dict) -> int:
         if name in banks:
             raise ValueError(f"{path}: a second bank for task {name!r}")
         banks[name] = bank
-    settings = [b.meta.get("settings") or {} for b in banks.values()]
-    # banks built with different settings cannot score one pool: refused before the model loads
-    # (the library refuses them too, once it holds the model)
-    names = list(banks)
-    for name, s in zip(names[1:], settings[1:]):
-        diff = sorted(k for k in set(s) | set(settings[0]) if s.get(k) != settings[0].get(k))
-        if diff:
-            pairs = ", ".join(f"{k}: {settings[0].get(k)!r} vs {s.get(k)!r}" for k in diff)
-            raise ValueError(f"banks {names[0]!r} and {name!r} were built with different settings "
-                             f"({pairs}); build every bank of one run with the same settings")
+    conflict = settings_conflict(banks)  # refused before the model loads
+    if conflict:
+        raise ValueError(conflict)
     # the banks' own settings apply; an explicit flag that contradicts them is refused
-    from_banks = {k: settings[0][k] for k in BANK_FIELDS if k in settings[0]}
+    first = next(iter(banks.values())).meta["settings"]
+    from_banks = {k: first[k] for k in BANK_FIELDS if k in first}
     for k, v in from_banks.items():
         if k in values and values[k] != v:
             raise ValueError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
@@ -495,7 +508,8 @@ def cmd_score(values: dict) -> int:
         if ctx.is_main:
             cols = outputs.score_columns(scores, choice.combined, choice.indices)
             outputs.write_table(cols, out_dir)
-            summary = outputs.summary(cfg, scores, choice, banks, seconds=time.perf_counter() - t0)
+            summary = outputs.summary(sel.config, scores, choice, banks,
+                                      seconds=time.perf_counter() - t0)
             outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
             outputs.write_report(cols, os.path.join(out_dir, "report.png"))
     finally:

@@ -231,7 +231,8 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
     ids = [ex.id for ex in chosen]
     meta = {
         "model_id": name,
-        "subset": {"ids": ids, "indices": subset, "pool_size": len(examples)},
+        "subset": {"ids": ids, "indices": subset, "pool_size": len(examples),
+                   "digests": [ex.digest().hex() for ex in chosen]},
         "params": as_dict(cfg),
         "resolved": {"device": str(dev), "dtype": str(torch_dtype).replace("torch.", ""),
                      "optimizer_steps": len(plan), "warmup_steps": warmup_steps,
@@ -255,21 +256,30 @@ def read_warmup_meta(adapter_dir: str) -> dict:
 def reusable_adapter(adapter_dir: str, model_name: str, examples: Sequence[Example],
                      cfg: WarmupConfig) -> WarmupResult | None:
     """The adapter an earlier warmup left in ``adapter_dir``, when it was trained with the same
-    model, settings and subset: a resumed run must not retrain (and change) it."""
+    model (name; a local directory by its resolved path), settings and subset (its records by
+    content): a resumed run must not retrain (and change) it. New weights saved under the same
+    model path are not seen here; the scoring run then refuses its work directory, whose
+    manifest holds the merged weights' digest."""
     try:
         meta = read_warmup_meta(adapter_dir)
     except (OSError, ValueError):
         return None
     subset = warmup_subset(len(examples), cfg.fraction, cfg.seed)
-    same = (meta.get("model_id") == model_name
+    same = (_model_key(meta.get("model_id")) == _model_key(model_name)
             and meta.get("params") == as_dict(cfg)
             and meta.get("subset", {}).get("ids") == [examples[i].id for i in subset]
+            and meta.get("subset", {}).get("digests") == [examples[i].digest().hex() for i in subset]
             and os.path.exists(os.path.join(adapter_dir, "adapter_config.json")))
     if not same:
         return None
     logger.info("warmup: reusing the adapter in %s (same model, settings and subset)", adapter_dir)
     return WarmupResult(adapter_dir=adapter_dir, subset_ids=meta["subset"]["ids"],
                         losses=meta["losses"], seconds=meta["seconds"], subset_indices=subset)
+
+
+def _model_key(name):
+    """A local model directory or file by its resolved path; anything else as named."""
+    return os.path.realpath(name) if isinstance(name, str) and os.path.exists(name) else name
 
 
 __all__ = ["WarmupResult", "warmup_subset", "build_training_batch", "labels_from_tokenized",

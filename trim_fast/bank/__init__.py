@@ -4,7 +4,7 @@ A bank is a dense ``[C, d]`` fp32 matrix of unit rows plus the sorted class ids,
 token with a fingerprint is a gather (``row_of_token``), not a search. Banks are built in one
 call (:meth:`FingerprintBank.build`) or streamed batch by batch (:class:`FingerprintAccumulator`),
 both accumulating in float64 exactly as :func:`trim_fast.reference.build_fingerprints`; building
-one from a model and target examples is :func:`trim_fast.bank.build.fingerprint_examples`.
+one from a model and target examples is :func:`trim_fast.bank.build.fingerprint_tokens`.
 
 On disk a bank is a safetensors file; its JSON header (the task, the model's name and weights
 digest, the tokenizer digest and the settings it was built with) lives in the safetensors
@@ -361,4 +361,22 @@ class BankTables:
     nearest: object
 
 
-__all__ = ["BankTables", "FingerprintBank", "FingerprintAccumulator", "class_sums", "FORMAT"]
+def settings_conflict(banks: dict) -> str | None:
+    """Why the banks of one run cannot score one pool together: the settings in their headers
+    differ (named), or ``None``. Needs no model, so a run can refuse before loading one."""
+    names = list(banks)
+    settings = [banks[n].meta.get("settings") for n in names]
+    for name, s in zip(names, settings):
+        if not isinstance(s, dict):
+            return f"bank {name!r} records no settings in its header; rebuild it with this version"
+    for name, s in zip(names[1:], settings[1:]):
+        diff = sorted(k for k in set(s) | set(settings[0]) if s.get(k) != settings[0].get(k))
+        if diff:
+            pairs = ", ".join(f"{k}: {settings[0].get(k)!r} vs {s.get(k)!r}" for k in diff)
+            return (f"banks {names[0]!r} and {name!r} were built with different settings "
+                    f"({pairs}); build every bank of one run with the same settings")
+    return None
+
+
+__all__ = ["BankTables", "FingerprintBank", "FingerprintAccumulator", "class_sums",
+           "settings_conflict", "FORMAT"]

@@ -23,6 +23,7 @@ existing local directory) and does not exist is "no such file", never a hub requ
 from __future__ import annotations
 
 import glob as globlib
+import hashlib
 import gzip
 import io
 import json
@@ -655,8 +656,8 @@ class Records:
         return out
 
     def _format_of(self, e_i: int, reader: _Reader) -> str | None:
-        if self._to_messages is not None:
-            return CUSTOM_FORMAT
+        if self._to_messages is not None:  # the hook by name and code: another hook, another run
+            return f"{CUSTOM_FORMAT}:{_callable_identity(self._to_messages)}"
         if self._format is not None:
             return self._format
         if e_i not in self._detected and not isinstance(reader, _HubDataset):
@@ -677,6 +678,16 @@ class Records:
         names = ", ".join(e.reader.name for e in self._entries[:3])
         more = f", ... ({len(self._entries)} sources)" if len(self._entries) > 3 else ""
         return f"Records({names}{more})"
+
+
+def _callable_identity(fn) -> str:
+    """``module.qualname`` and a digest of the function's code and constants, when it has them."""
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return name
+    h = hashlib.blake2b(code.co_code + repr(code.co_consts).encode(), digest_size=8)
+    return f"{name}:{h.hexdigest()}"
 
 
 def open_records(source: Any, *, split: str | None = None, subset: str | None = None,

@@ -123,7 +123,8 @@ def write_less_task(task_dir: str, scores, task_index: int, k: int, pool, name: 
         per_source[src] += 1
     task_scores = scores.score[task_index]
     ranked = select_top_k(task_scores, len(scores)).tolist()
-    ranked += [i for i in range(len(scores)) if i not in set(ranked)]  # -inf last, in pool order
+    seen = set(ranked)
+    ranked += [i for i in range(len(scores)) if i not in seen]  # -inf last, in pool order
     with atomic_open(os.path.join(task_dir, "sorted.csv")) as f:
         f.write("file name, index, score\n")
         for i in ranked:

@@ -65,14 +65,24 @@ class PoolScores:
 
 class ForwardCache:
     """Hidden states of forward batches, kept in memory (CPU) by the batch's exact token ids, so
-    scoring one pool again (other banks or pooling settings, as the evaluation's ablations do)
-    skips the forward and gives the same numbers bit for bit. For pools that fit in memory."""
+    scoring one pool again (other banks or pooling settings, as the evaluation's variants do)
+    skips the forward and gives the same numbers bit for bit. For pools that fit in memory. A
+    cache belongs to the weights it was filled with: :meth:`bind` refuses other weights."""
 
     def __init__(self) -> None:
         self._hidden: dict[bytes, torch.Tensor] = {}
+        self.weights: str | None = None
 
     def __len__(self) -> int:
         return len(self._hidden)
+
+    def bind(self, weights_digest: str) -> None:
+        """Tie the cache to one model's weights (on first use); refuse any other."""
+        if self.weights is None:
+            self.weights = weights_digest
+        elif self.weights != weights_digest:
+            raise ValueError("this ForwardCache holds hidden states of other weights (digest "
+                             f"{self.weights}, this model's is {weights_digest}); use a new one")
 
     def hidden(self, ids: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = hashlib.blake2b(ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode(),
@@ -155,12 +165,6 @@ class BatchScorer:
                 for t in self.tables]
 
 
-def make_scorer(banks: dict, cfg: SelectionConfig, idf: torch.Tensor | None,
-                device: torch.device) -> BatchScorer:
-    """The batch scorer of ``cfg.method`` for these banks (``idf``: the pool's, or None)."""
-    return BatchScorer(banks, cfg, idf, device)
-
-
 def score_chunk(model, chunk: TokenChunk, scorer: BatchScorer, *, pad_id: int,
                 max_tokens: int, forward_cache: ForwardCache | None = None) -> dict[str, torch.Tensor]:
     """Per-task scores of one chunk (``[T, n]`` each) and its per-example token counts."""
@@ -188,13 +192,15 @@ def score_chunk(model, chunk: TokenChunk, scorer: BatchScorer, *, pad_id: int,
 
 
 def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionConfig, *,
-               run_digest: str = "", workdir: WorkDir | None = None, ctx: DistContext | None = None,
-               progress: bool = False, forward_cache: ForwardCache | None = None) -> PoolScores:
+               pad_id: int, run_digest: str = "", workdir: WorkDir | None = None,
+               ctx: DistContext | None = None, progress: bool = False,
+               forward_cache: ForwardCache | None = None) -> PoolScores:
     """Score every example of ``records`` against ``banks`` (``{task: FingerprintBank}``) with
     the base transformer ``model`` (eval mode). ``run_digest`` identifies what the score shards
     depend on besides the records (model, tokenizer, banks, settings); only used with a
     ``workdir``. Every rank gets the whole pool's scores."""
     ctx = ctx or DistContext()
+    cfg = cfg.resolved()
     vocab = len(tokenizer)
     tok_header = {"kind": "tokens", "tokenizer": tokenizer_digest(tokenizer), "scope": cfg.scope,
                   "max_length": cfg.max_length}
@@ -233,7 +239,7 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     ctx.all_reduce_sum(df.df)
     df.num_examples = n_examples
     device = next(model.parameters()).device
-    scorer = make_scorer(banks, cfg, df.idf() if cfg.idf == "pool" else None, device)
+    scorer = BatchScorer(banks, cfg, df.idf() if cfg.idf == "pool" else None, device)
     # pass 2: score this rank's chunks that have no valid shard yet. The pool IDF makes every
     # shard depend on the whole pool's content, not only on its own chunk's.
     pool_digest = hashlib.blake2b("".join(digests).encode(), digest_size=16).hexdigest()
@@ -250,7 +256,7 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
             shard = workdir.load(workdir.score_path(c), header) if workdir else None
             if shard is None:
                 t0 = time.perf_counter()
-                shard = score_chunk(model, chunk, scorer, pad_id=tokenizer.pad_token_id,
+                shard = score_chunk(model, chunk, scorer, pad_id=pad_id,
                                     max_tokens=cfg.max_tokens, forward_cache=forward_cache)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -277,5 +283,5 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     return ctx.broadcast_from_main(result)
 
 
-__all__ = ["PoolScores", "ForwardCache", "BatchScorer", "make_scorer", "score_pool", "score_chunk",
+__all__ = ["PoolScores", "ForwardCache", "BatchScorer", "score_pool", "score_chunk",
            "iter_chunks", "chunk_digest", "tokenize_chunk"]
