@@ -438,7 +438,7 @@ def dry_run(values: dict, cfg: SelectionConfig, pool, tasks, size: int) -> int:
               or {"in_domain": min(cfg.target_sample, size)},
               "tokens_per_example_sampled": round(per_example, 1), "sampled_examples": len(sample),
               "estimated_pool_tokens": int(est_tokens), "measured_forward_tokens_per_s": round(tok_s, 1),
-              "estimated_scoring_seconds": round(est_tokens / max(tok_s, 1e-9), 1),
+              "estimated_scoring_seconds": float(f"{est_tokens / max(tok_s, 1e-9):.3g}"),  # tiny models: keep it > 0
               "device": str(device), "chunks": -(-size // cfg.chunk_size)}
     print(json.dumps(report, indent=2))
     return 0
