@@ -63,18 +63,6 @@ def _hidden(model):
         return model(input_ids=IDS).last_hidden_state
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any socket connection or name lookup fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network use attempted: {args[1:]!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 # ---------------------------------------------------------------------------------------------
 # forward_model
 

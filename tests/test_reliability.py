@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -85,18 +84,6 @@ def _refuse_loading(monkeypatch) -> None:
 def no_model(monkeypatch):
     """Loading a model or tokenizer fails the test: what is checked here is checked first."""
     _refuse_loading(monkeypatch)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any socket connection or name lookup fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network use attempted: {args[1:]!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture
