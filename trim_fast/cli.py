@@ -73,7 +73,7 @@ def _output_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="trim-fast", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="trim-fast", description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="debug messages")
     sub = ap.add_subparsers(dest="command", required=True)
