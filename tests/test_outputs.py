@@ -58,14 +58,17 @@ def test_hf_output_is_a_dataset_equal_to_the_jsonl_coreset(tmp_path, tiny_model_
     ds = datasets.load_from_disk(str(tmp_path / "h" / "top_p0.1"))
     with open(tmp_path / "j" / "top_p0.1.jsonl") as f:
         jsonl = [json.loads(line) for line in f]
-    assert [r["id"] for r in ds] == [r["id"] for r in jsonl]
+    # the pool mixes chat and Alpaca records: every field of both comes back (a table has one
+    # set of columns, so a field a record lacks is null in its row)
+    assert len({tuple(sorted(r)) for r in jsonl}) == 2
+    assert [{k: v for k, v in row.items() if k in j or v is not None} for row, j in zip(ds, jsonl)] == jsonl
 
 
 def test_less_layout(tmp_path, tiny_model_dir, demo_data):
     out = tmp_path / "less"
     assert run("select", "--model", tiny_model_dir, *sum((["--pool", p] for p in demo_data["pool"]), []),
                "--targets", demo_data["targets"]["arithmetic"], "--targets",
-               demo_data["targets"]["json_reformat"], "--fraction", "0.09", "--layout", "less",
+               demo_data["targets"]["json_reformat"], "--fraction", "0.0925", "--layout", "less",
                "--out", out, "--no-progress") == 0
     table = sorted(pq.read_table(out / "scores.parquet").to_pylist(), key=lambda r: r["index"])
     lines = {}
@@ -81,8 +84,8 @@ def test_less_layout(tmp_path, tiny_model_dir, demo_data):
         best = max(table, key=lambda r: (r[f"score[{task}]"], -r["index"]))
         assert lines[label][int(index)]["id"] == best["id"]
         assert float(score) == round(best[f"score[{task}]"], 6)
-        top = [json.loads(x) for x in (out / task / "top_p0.09.jsonl").read_text().splitlines()]
-        assert len(top) == 5  # int(0.09 * 60) = 5 as LESS rounds; half-up would keep 5 too
+        top = [json.loads(x) for x in (out / task / "top_p0.0925.jsonl").read_text().splitlines()]
+        assert len(top) == 5  # int(0.0925 * 60) = int(5.55) = 5 as LESS rounds; half-up keeps 6
         assert top[0]["id"] == best["id"]
     summary = json.load(open(out / "summary.json"))
     assert summary["k"] == 5 and summary["resolved"]["layout"] == "less"
@@ -118,3 +121,93 @@ def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_model_dir, demo_dat
     assert report["estimated_pool_tokens"] > 0 and report["measured_forward_tokens_per_s"] > 0
     assert report["estimated_scoring_seconds"] > 0
     assert not out.exists()
+
+
+def _examples(records, source="pool.jsonl"):
+    from trim_fast.data import record_to_example
+
+    return [record_to_example(r, "alpaca", source=source, line=i + 1) for i, r in enumerate(records)]
+
+
+MIXED = [{"instruction": "a", "output": "b"},
+         {"instruction": "c", "input": "d", "output": "e", "meta": {"tag": "x"}},
+         {"instruction": "f", "output": "g", "w": float("nan"), "z": float("-inf")}]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf"])
+def test_table_coresets_keep_every_field_of_every_record(tmp_path, fmt):
+    from trim_fast.run.outputs import write_coreset
+
+    path = str(tmp_path / "core")
+    write_coreset(_examples(MIXED), path, fmt)
+    rows = pq.read_table(path).to_pylist() if fmt == "parquet" else datasets.load_from_disk(path).to_list()
+    assert set(rows[0]) == {"instruction", "input", "output", "meta", "w", "z"}
+    for row, rec in zip(rows, MIXED):
+        kept = {k: v for k, v in row.items() if k in rec}
+        assert json.dumps(kept, sort_keys=True) == json.dumps(rec, sort_keys=True)  # NaN == NaN here
+        assert all(v is None for k, v in row.items() if k not in rec)
+
+
+def test_table_coreset_refuses_a_field_of_two_types_naming_it(tmp_path):
+    from trim_fast.data import DataError
+    from trim_fast.run.outputs import write_coreset
+
+    recs = [{"instruction": "a", "output": "b", "n": 1}, {"instruction": "c", "output": "d", "n": "x"}]
+    with pytest.raises(DataError, match="field 'n'.*--output-format jsonl"):
+        write_coreset(_examples(recs), str(tmp_path / "c.parquet"), "parquet")
+
+
+def test_selection_to_dataset_keeps_every_field(tiny_model_dir):
+    from trim_fast import Selector
+
+    picked = Selector(tiny_model_dir).select(MIXED, MIXED, k=3)  # every record matches a target
+    rows = picked.to_dataset().to_list()
+    assert len(rows) == 3
+    assert {"input", "meta", "w", "z", "trim_score"} <= set(rows[0])
+    by_instruction = {r["instruction"]: r for r in rows}
+    assert by_instruction["c"]["meta"] == {"tag": "x"} and by_instruction["c"]["input"] == "d"
+
+
+def test_jsonl_coreset_writes_nonfinite_values_back_as_read(tmp_path, caplog):
+    from trim_fast.run.outputs import write_coreset
+
+    path = tmp_path / "c.jsonl"
+    write_coreset(_examples(MIXED), str(path), "jsonl")  # read from JSON text: tokens kept
+    back = [json.loads(line) for line in path.read_text().splitlines()]
+    assert back[2]["z"] == float("-inf") and back[2]["w"] != back[2]["w"]
+    assert back[:2] == MIXED[:2]
+    with caplog.at_level("WARNING", logger="trim_fast"):  # from Parquet: strict JSON, and said
+        write_coreset(_examples(MIXED, source="pool.parquet"), str(path), "jsonl")
+    assert "2 NaN or infinite value(s)" in caplog.text and "pool.parquet:3: field 'w'" in caplog.text
+    assert json.loads(path.read_text().splitlines()[2]) == dict(MIXED[2], w=None, z=None)
+
+
+def test_task_names_are_distinct_and_safe_for_files():
+    from trim_fast.cli import task_names
+
+    assert task_names(["math.jsonl", "math-2.jsonl", "a/math.jsonl", "/t/tg/*.jsonl",
+                       "/x/part-*.jsonl", "org/name", "dir/", "my tasks!.jsonl"]) == \
+        ["math", "math-2", "math-3", "tg", "part", "name", "dir", "my_tasks"]
+
+
+def test_less_layout_refuses_a_task_named_like_a_run_folder_before_writing(tmp_path, demo_data,
+                                                                           capsys):
+    work = tmp_path / "work.jsonl"
+    work.write_text(open(demo_data["targets"]["arithmetic"]).read())
+    assert run("select", "--model", "/nonexistent/model", "--pool", demo_data["pool"][0],  # no model
+               "--targets", work, "--layout", "less", "--out", tmp_path / "o") == 2
+    assert "['work'] are folders of the run itself" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pick_takes_the_pool_under_another_spelling(tmp_path, monkeypatch, tiny_model_dir, demo_data):
+    pool = tmp_path / "pool.jsonl"
+    with open(demo_data["pool"][0]) as f:  # records without ids: ids are file:line
+        pool.write_text("".join(json.dumps({k: v for k, v in json.loads(x).items() if k != "id"}) + "\n"
+                                for x in f))
+    assert run("select", "--model", tiny_model_dir, "--pool", pool, "--targets",
+               demo_data["targets"]["arithmetic"], "--k", "4", "--out", tmp_path / "s", "--no-progress") == 0
+    monkeypatch.chdir(tmp_path)
+    assert run("pick", "--scores", "s/scores.parquet", "--pool", "./pool.jsonl", "--k", "4",
+               "--out", "p") == 0
+    assert (tmp_path / "p" / "top_k4.jsonl").read_text() == (tmp_path / "s" / "top_k4.jsonl").read_text()

@@ -507,10 +507,10 @@ def test_num_selected_fraction(pool, fraction, want):
 def test_num_selected_explicit_k_and_errors():
     assert num_selected(100, k=3) == 3
     assert num_selected(10, k=25) == 10
-    assert num_selected(10, k=0) == 0
     assert num_selected(10, fraction=None, k=4) == 4
-    with pytest.raises(ValueError, match="k must be >= 0"):
-        num_selected(10, k=-1)
+    for bad in (0, -1):  # SPEC 4: k = 0 is refused
+        with pytest.raises(ValueError, match="k must be >= 1"):
+            num_selected(10, k=bad)
     for bad in (0.0, -0.1, 1.5, None):
         with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
             num_selected(10, fraction=bad)

@@ -841,3 +841,25 @@ def test_still_handled_remote_code_is_not_run(tmp_path, capsys, tiny_model_dir, 
     assert "trim_fast never runs code from model files" in text and "auto_map" in text, text
     assert "remote code ran" not in text
     assert "Do you wish to run the custom code" not in text  # no question on the terminal
+
+
+def test_a_task_without_counted_tokens_is_named(tiny_model_dir):
+    from trim_fast import SelectionConfig, Selector
+    from trim_fast.data import DataError
+
+    ok_chat = {"messages": [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]}
+    asks_only = {"messages": [{"role": "user", "content": "What is 3 + 3?"}]}
+    selector = Selector(tiny_model_dir, config=SelectionConfig(scope="response", center="none"))
+    with pytest.raises(DataError, match=r"task 'questions' \(records\): none of its 2 target "
+                                        r"example\(s\) has a counted token under scope='response'"):
+        selector.fingerprint({"answers": [ok_chat], "questions": [asks_only, asks_only]})
+
+
+def test_library_refuses_k_zero_like_the_cli(tiny_model_dir):
+    from trim_fast import Selector
+
+    pool = [{"text": f"record {i}"} for i in range(4)]
+    selector = Selector(tiny_model_dir)
+    selector.fingerprint = None  # refused before any forward: fingerprinting would fail otherwise
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        selector.select(pool, pool[:1], k=0)

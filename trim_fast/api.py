@@ -35,10 +35,11 @@ from trim_fast.data import DataError, Records, open_records, tokenizer_digest
 from trim_fast.models.loading import weights_digest
 from trim_fast.models.prepare import forward_model
 from trim_fast.run.distributed import DistContext
+from trim_fast.run.outputs import records_table
 from trim_fast.run.workdir import WorkDir, run_identity
 from trim_fast.scoring.engine import (ForwardCache, PoolScores, chunk_digest, score_pool,
                                       tokenize_chunk)
-from trim_fast.selection import Selection, choose
+from trim_fast.selection import Selection, choose, num_selected
 
 logger = logging.getLogger("trim_fast")
 
@@ -74,8 +75,8 @@ class SelectionResult:
         source = getattr(self.pool, "dataset", None)
         if isinstance(source, datasets.Dataset):
             ds = source.select(self.indices)
-        else:
-            ds = datasets.Dataset.from_list(self.records())
+        else:  # one schema over every record's fields (Dataset.from_list takes the first's)
+            ds = datasets.Dataset(records_table(self.pool.take(self.indices)))
         return ds.add_column(score_column, [float(self.combined[i]) for i in self.indices])
 
 
@@ -165,6 +166,11 @@ class Selector:
         if not examples:
             raise DataError(f"task {name!r}: no target examples")
         chunk = tokenize_chunk(self.tokenizer, examples, self.config)
+        if not bool(chunk.counted.any()):
+            sources = sorted({str(e.source) for e in examples})
+            raise DataError(f"task {name!r} ({', '.join(sources[:3])}): none of its {len(examples)} "
+                            f"target example(s) has a counted token under scope="
+                            f"{self.config.scope!r}; give targets with that part, or another scope")
         meta = {"task": name, "model": info, "tokenizer_digest": tokenizer_digest(self.tokenizer),
                 "family": target_family([e.meta.get("family") for e in examples]),
                 "num_targets": len(examples), "targets_digest": chunk_digest(examples)}
@@ -261,6 +267,8 @@ class Selector:
         """Fingerprint ``targets`` (a task's records or ``{task: records}``; ``None``: a seeded
         sample of ``config.target_sample`` pool examples, in-domain mode), score ``pool``, keep
         the top ``k`` (default ``round(config.fraction * |pool|)``)."""
+        if fraction is not None or k is not None:
+            num_selected(1, fraction=fraction, k=k)  # bad k or fraction: refused before any forward
         records = open_records(pool)
         if targets is None:
             targets = {"in_domain": self.in_domain_targets(records)}

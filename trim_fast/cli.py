@@ -10,7 +10,7 @@ flag; flags given on the command line win.
 from __future__ import annotations
 
 import argparse
-import collections
+import re
 import dataclasses
 import json
 import logging
@@ -241,14 +241,37 @@ def _target_tasks(values: dict) -> dict | None:
     sources = values.get("targets") or []
     if not sources:
         return None
-    names, seen = [], collections.Counter()
-    for src in sources:
-        stem = os.path.basename(str(src).rstrip("/")).split(".")[0] or "targets"
-        seen[stem] += 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    names = task_names(sources)
+    if values.get("layout") == "less":  # LESS writes OUT/<task>/: not over the run's own folders
+        taken = sorted(set(RUN_FOLDERS) & set(names))
+        if taken:
+            raise ValueError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
+                             "folders of the run itself; rename the target file(s)")
     return {name: open_records(src, split=values.get("split"), subset=values.get("subset"),
                                format=values.get("format"))
             for name, src in zip(names, sources)}
+
+
+RUN_FOLDERS = ("work", "banks", "warmup_adapter", "warmup", "data")
+
+
+def task_names(sources) -> list[str]:
+    """One distinct, file-name-safe task name per --targets source: the file's stem (a glob: the
+    fixed part of its name, else its folder), then -2, -3, ... where taken."""
+    names = []
+    for src in sources:
+        path = str(src).rstrip("/")
+        stem = re.sub(r"[*?\[\]{}]", "", os.path.basename(path).split(".")[0])
+        stem = re.sub(r"[^\w.-]+", "_", stem).strip("-_.")
+        if not stem:
+            stem = re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.dirname(path))).strip("-_.")
+        stem = stem or "targets"
+        name, n = stem, 1
+        while name in names:
+            n += 1
+            name = f"{stem}-{n}"
+        names.append(name)
+    return names
 
 
 def _check_inputs(pool, tasks) -> int:
@@ -323,10 +346,6 @@ def _write_selection(values: dict, cfg, sel, scores, choice, banks, pool, out_di
     path = os.path.join(out_dir, name)
     outputs.write_coreset(pool.take(choice.indices), path, fmt)
     if layout == "less":  # one folder per task, as LESS writes them
-        taken = sorted({"work", "banks", "warmup_adapter", "warmup", "data"} & set(scores.tasks))
-        if taken:
-            raise ValueError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
-                             "folders of the run itself; rename the target file(s)")
         for t_i, task in enumerate(scores.tasks):
             outputs.write_less_task(os.path.join(out_dir, task), scores, t_i, choice.k, pool,
                                     outputs.coreset_name(cfg.fraction, cfg.k, "jsonl", layout="less"))
@@ -392,14 +411,13 @@ def _warmup_for_select(values: dict, pool, out_dir: str):
         raise ValueError("--warmup and --adapter together: --warmup trains its own adapter; pass one")
     wcfg = build_settings(WarmupConfig, values, prefix="warmup_", prefixed=_WARMUP_PREFIXED)
     adapter_dir = values.get("warmup_out") or os.path.join(out_dir, "warmup_adapter")
-    examples = list(pool)
     name = values.get("model")
-    reused = reusable_adapter(adapter_dir, model_id(name), examples, wcfg)
+    reused = reusable_adapter(adapter_dir, model_id(name), pool, wcfg)  # streams: never the whole pool
     if reused is not None:
         return reused
-    logger.info("warmup: %g of %d examples, r=%d alpha=%g lr=%g epochs=%d batch=%d", wcfg.fraction,
-                len(examples), wcfg.r, wcfg.alpha, wcfg.lr, wcfg.epochs, wcfg.effective_batch)
-    result = run_warmup(name, examples, load_tokenizer(name), wcfg, adapter_dir,
+    logger.info("warmup: %g of the pool, r=%d alpha=%g lr=%g epochs=%d batch=%d", wcfg.fraction,
+                wcfg.r, wcfg.alpha, wcfg.lr, wcfg.epochs, wcfg.effective_batch)
+    result = run_warmup(name, pool, load_tokenizer(name), wcfg, adapter_dir,
                         device=values.get("device"), progress=_progress(values))
     logger.info("warmup: %d examples, %d steps, loss %.4f -> %.4f in %.1fs -> %s",
                 len(result.subset_ids), len(result.losses), result.losses[0], result.losses[-1],
@@ -517,6 +535,12 @@ def cmd_score(values: dict) -> int:
     return 0
 
 
+def _record_key(rid, source, line):
+    """A record's identity across spellings of its file's path: its own id, or, for a record
+    without one (id ``source:line``), the file's name and the line."""
+    return (os.path.basename(str(source)), line) if rid == f"{source}:{line}" else rid
+
+
 def cmd_pick(values: dict) -> int:
     import pyarrow.parquet as pq
     import torch
@@ -535,13 +559,24 @@ def cmd_pick(values: dict) -> int:
         raise DataError(f"{values['scores']}: not a trim-fast score table (needs 'index', 'id' and "
                         "'score' columns)")
     pool = _open(values, "pool")
-    ids = [ex.id for ex in pool]
+    ids, keys = [], []
+    for ex in pool:
+        ids.append(ex.id)
+        keys.append(_record_key(ex.id, ex.source, ex.line))
     _check_coreset_format(values, pool)
     index = table.column("index").to_pylist()
-    if sorted(index) != list(range(len(ids))) or \
-            [ids[i] for i in index] != table.column("id").to_pylist():
+    if sorted(index) != list(range(len(ids))):
         raise DataError(f"{values['scores']}: the score table does not match the pool "
-                        f"({table.num_rows} rows, {len(ids)} examples; ids differ)")
+                        f"({table.num_rows} rows, {len(ids)} examples)")
+    t_ids = table.column("id").to_pylist()
+    theirs = [_record_key(*row) for row in zip(t_ids, table.column("source").to_pylist(),
+                                                table.column("line").to_pylist())] \
+        if {"source", "line"} <= set(table.column_names) else t_ids
+    for row, i in enumerate(index):
+        if keys[i] != theirs[row]:
+            raise DataError(f"{values['scores']}: the score table does not match the pool: row "
+                            f"{row + 1} is example {i} with id {t_ids[row]!r}, the pool's example "
+                            f"{i} is {ids[i]!r}")
     cols = sorted(c for c in table.column_names if c.startswith("score[")) or ["score"]
     per_task = torch.full((len(cols), len(ids)), float("nan"))
     for t, c in enumerate(cols):
@@ -570,7 +605,7 @@ def cmd_warmup(values: dict) -> int:
     pool = _open(values, "pool")
     _check_inputs(pool, None)
     name = values.get("model")
-    result = run_warmup(name, list(pool), load_tokenizer(name), wcfg, values["out"],
+    result = run_warmup(name, pool, load_tokenizer(name), wcfg, values["out"],
                         device=values.get("device"), progress=_progress(values))
     logger.info("warmup: %d examples, %d steps, loss %.4f -> %.4f in %.1fs", len(result.subset_ids),
                 len(result.losses), result.losses[0], result.losses[-1], result.seconds)

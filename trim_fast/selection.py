@@ -19,8 +19,8 @@ def num_selected(pool_size: int, *, fraction: float | None = 0.05, k: int | None
     ``int(fraction * |P|)`` in floating point, as LESS computes it), at least 1 for a non-empty
     pool."""
     if k is not None:
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (an empty selection is not a selection), got {k}")
         return min(int(k), pool_size)
     if fraction is None or not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")

@@ -56,6 +56,15 @@ def warmup_subset(num_examples: int, fraction: float, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(num_examples), k))
 
 
+def _size(examples) -> int:
+    """A list's length, or a streamed pool's count (``Records``), without holding the pool."""
+    return len(examples) if isinstance(examples, Sequence) else examples.count()
+
+
+def _take(examples, indices: list[int]) -> list[Example]:
+    return [examples[i] for i in indices] if isinstance(examples, Sequence) else examples.take(indices)
+
+
 def labels_from_tokenized(item: Tokenized) -> list[int]:
     """Token ids where the token is a response token, -100 (no loss) everywhere else."""
     return [tid if counted else -100 for tid, counted in zip(item.ids, item.counted)]
@@ -135,7 +144,7 @@ def _step_plan(lengths: Sequence[int], cfg: WarmupConfig, rng: random.Random) ->
     return plan
 
 
-def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: WarmupConfig, out_dir: str,
+def run_warmup(model_name_or_None, examples, tokenizer, cfg: WarmupConfig, out_dir: str,
                *, device=None, progress: bool = False, model_id: str | None = None) -> WarmupResult:
     """Train a LoRA adapter on the seeded ``cfg.fraction`` subset of ``examples``; save it to ``out_dir``.
 
@@ -150,8 +159,9 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
     from trim_fast.models.loading import parse_dtype
 
     t0 = time.perf_counter()
-    subset = warmup_subset(len(examples), cfg.fraction, cfg.seed)
-    chosen = [examples[i] for i in subset]
+    pool_size = _size(examples)
+    subset = warmup_subset(pool_size, cfg.fraction, cfg.seed)
+    chosen = _take(examples, subset)
     tokenized = [tokenize_example(tokenizer, ex, scope="response", max_length=cfg.max_length) for ex in chosen]
     n_loss_tokens = sum(sum(t.counted[1:]) for t in tokenized)
     if n_loss_tokens == 0:
@@ -231,7 +241,7 @@ def run_warmup(model_name_or_None, examples: list[Example], tokenizer, cfg: Warm
     ids = [ex.id for ex in chosen]
     meta = {
         "model_id": name,
-        "subset": {"ids": ids, "indices": subset, "pool_size": len(examples),
+        "subset": {"ids": ids, "indices": subset, "pool_size": pool_size,
                    "digests": [ex.digest().hex() for ex in chosen]},
         "params": as_dict(cfg),
         "resolved": {"device": str(dev), "dtype": str(torch_dtype).replace("torch.", ""),
@@ -264,11 +274,12 @@ def reusable_adapter(adapter_dir: str, model_name: str, examples: Sequence[Examp
         meta = read_warmup_meta(adapter_dir)
     except (OSError, ValueError):
         return None
-    subset = warmup_subset(len(examples), cfg.fraction, cfg.seed)
+    subset = warmup_subset(_size(examples), cfg.fraction, cfg.seed)
+    chosen = _take(examples, subset)
     same = (_model_key(meta.get("model_id")) == _model_key(model_name)
             and meta.get("params") == as_dict(cfg)
-            and meta.get("subset", {}).get("ids") == [examples[i].id for i in subset]
-            and meta.get("subset", {}).get("digests") == [examples[i].digest().hex() for i in subset]
+            and meta.get("subset", {}).get("ids") == [ex.id for ex in chosen]
+            and meta.get("subset", {}).get("digests") == [ex.digest().hex() for ex in chosen]
             and os.path.exists(os.path.join(adapter_dir, "adapter_config.json")))
     if not same:
         return None

@@ -9,6 +9,7 @@ import csv
 import datetime
 import decimal
 import json
+import logging
 import math
 import os
 import tempfile
@@ -16,6 +17,8 @@ from typing import Sequence
 
 from trim_fast.data import DataError, Example
 from trim_fast.run.files import atomic_open
+
+logger = logging.getLogger("trim_fast")
 
 OUTPUT_FORMATS = ("auto", "jsonl", "parquet", "hf")
 LAYOUTS = ("trim", "less")
@@ -134,15 +137,21 @@ def write_less_task(task_dir: str, scores, task_index: int, k: int, pool, name: 
     write_coreset(pool.take(chosen), os.path.join(task_dir, name), "jsonl")
 
 
-def json_value(v, where: str):
-    """A record's value as strict JSON holds it: NaN -> null, dates -> ISO text, numpy/arrow
-    scalars -> Python; bytes cannot be written without changing them, so they are refused."""
+def json_value(v, where: str, nonfinite: list | None = None):
+    """A record's value as strict JSON holds it: dates -> ISO text, numpy/arrow scalars ->
+    Python; bytes cannot be written without changing them, so they are refused. A NaN or
+    infinite float is kept when ``nonfinite`` is None (a record read from JSON text, written
+    back with the tokens it was read with), else written as null and ``where`` appended."""
     if isinstance(v, float):
-        return None if math.isnan(v) else v if math.isfinite(v) else None
+        if math.isfinite(v) or nonfinite is None:
+            return v
+        nonfinite.append(where)
+        return None
     if isinstance(v, dict):
-        return {k: json_value(x, where) for k, x in v.items()}
+        return {k: json_value(x, f"{where}: field {k!r}" if ": field" not in where else where,
+                              nonfinite) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [json_value(x, where) for x in v]
+        return [json_value(x, where, nonfinite) for x in v]
     if isinstance(v, (bytes, bytearray)):
         raise DataError(f"{where}: holds binary data, which JSONL cannot carry unchanged; write "
                         "the coreset with --output-format parquet or hf")
@@ -151,23 +160,61 @@ def json_value(v, where: str):
     if isinstance(v, decimal.Decimal):
         return str(v)
     if hasattr(v, "item") and callable(v.item):  # numpy scalar
-        return json_value(v.item(), where)
+        return json_value(v.item(), where, nonfinite)
     return v
+
+
+def _read_from_json_text(ex: Example) -> bool:
+    name = str(ex.source).lower()
+    return any(name.endswith(sfx) for sfx in (".jsonl", ".json", ".jsonl.gz", ".json.gz",
+                                              ".jsonl.zst", ".json.zst"))
+
+
+def records_table(selected: Sequence[Example]):
+    """The records as one Arrow table. Parquet records keep their file's schema; others get one
+    schema over every record's fields (a field a record lacks is null in its row: a table has
+    one set of columns). Values that do not fit one column type are refused, naming the field."""
+    import pyarrow as pa
+
+    rows = [ex.raw for ex in selected]
+    schema = _source_schema(selected)
+    if schema is not None:
+        return pa.Table.from_pylist(rows, schema=schema)
+    if not rows:
+        return pa.table({})
+    try:
+        return pa.Table.from_struct_array(pa.array(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        for key in dict.fromkeys(k for r in rows for k in r):
+            try:
+                pa.array([r.get(key) for r in rows])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                first = selected[0]
+                raise DataError(f"field {key!r} of the selected records (from {first.source}) holds "
+                                f"values of different types ({err}); a Parquet or datasets coreset "
+                                "needs one type per column: write it with --output-format jsonl") from None
+        raise DataError(f"the selected records do not fit one table ({err}); write the coreset "
+                        "with --output-format jsonl") from None
 
 
 def write_coreset(selected: Sequence[Example], path: str, output_format: str = "jsonl") -> None:
     """The selected records unchanged, in the order given (score order)."""
     if output_format == "jsonl":
+        nulled: list[str] = []
         with atomic_open(path) as f:
             for ex in selected:
-                rec = json_value(ex.raw, f"{ex.source}:{ex.line}")
-                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+                keep = _read_from_json_text(ex)
+                rec = json_value(ex.raw, f"{ex.source}:{ex.line}", None if keep else nulled)
+                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=keep) + "\n")
+        if nulled:
+            logger.warning("%d NaN or infinite value(s) written to the JSONL coreset as null, "
+                           "which strict JSON requires (first: %s); --output-format parquet keeps "
+                           "them", len(nulled), nulled[0])
         return
     if output_format == "parquet":
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist([ex.raw for ex in selected], schema=_source_schema(selected))
+        table = records_table(selected)
         with atomic_open(path, "wb") as f:
             pq.write_table(table, f)
         return
@@ -176,13 +223,23 @@ def write_coreset(selected: Sequence[Example], path: str, output_format: str = "
 
         import datasets
 
-        rows = [ex.raw for ex in selected]
-        ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
-        tmp = path + ".tmp"
+        ds = datasets.Dataset(records_table(selected)) if len(selected) else datasets.Dataset.from_dict({})
+        tmp, old = path + ".tmp", path + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
-        ds.save_to_disk(tmp)
-        shutil.rmtree(path, ignore_errors=True)
+        bars = datasets.utils.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # a library call draws no bar
+        try:
+            ds.save_to_disk(tmp)
+        finally:
+            if not bars:
+                datasets.enable_progress_bars()
+        # the old folder is moved aside, never deleted first: a coreset is always at `path`
+        # but for the instant between the two renames
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(path):
+            os.replace(path, old)
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
         return
     raise ValueError(f"output format must be one of {OUTPUT_FORMATS[1:]}, got {output_format!r}")
 
@@ -283,8 +340,9 @@ def write_report(cols: dict[str, list], path: str, title: str = "trim-fast selec
     length_bins = _bins([r["n_tokens"] for r in rows])
     ax[1].hist([r["n_tokens"] for r in rows], bins=length_bins, color="#999", density=True,
                label="pool")
-    ax[1].hist([r["n_tokens"] for r in chosen], bins=length_bins, color="#d62", alpha=0.7,
-               density=True, label="selected")
+    if chosen:  # a density of nothing is 0/0
+        ax[1].hist([r["n_tokens"] for r in chosen], bins=length_bins, color="#d62", alpha=0.7,
+                   density=True, label="selected")
     ax[1].set(title="length (tokens)", xlabel="tokens", ylabel="density")
     ax[1].legend()
     sources = sorted({r["source"] for r in rows})
