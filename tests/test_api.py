@@ -140,6 +140,7 @@ def test_wrapped_and_training_models(tiny_model_dir, data):
     want = Selector(model, tok).select(pool[:10], targets).combined
     wrapped = torch.nn.DataParallel(model)  # .module, as DDP and accelerate hold it
     assert torch.equal(Selector(wrapped, tok).select(pool[:10], targets).combined, want)
+    assert Selector(wrapped, tok).model_name == Selector(model, tok).model_name == tiny_model_dir
     model.train()
     with pytest.raises(ValueError, match="training mode"):
         Selector(model, tok).select(pool[:10], targets)
@@ -293,3 +294,49 @@ def test_weights_digest_follows_the_weights(tiny_model_dir, data):
             next(model.parameters()).data.add_(1e-2)  # in place, as an optimizer step or EMA swap
         banks = selector.fingerprint(targets, pool=pool)
         assert digest.call_count == 2 and banks["targets"].meta["model"]["digest"] != first
+
+
+def test_forward_cache_gives_the_same_numbers_and_refuses_other_weights_or_dtype(tiny_model_dir, data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trim_fast import ForwardCache, Selector
+
+    pool, targets = data
+    pool = pool[:12]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fresh = Selector(model, tok).select(pool, targets, k=3)
+    cache = ForwardCache()
+    first = Selector(model, tok).select(pool, targets, k=3, forward_cache=cache)
+    filled = len(cache)
+    again = Selector(model, tok).select(pool, targets, k=3, forward_cache=cache)
+    assert filled > 0 and len(cache) == filled  # the second call forwarded nothing new
+    for result in (first, again):
+        assert torch.equal(result.scores.score, fresh.scores.score)
+    model.to(torch.bfloat16)  # the same weights to bf16 resolution: another forward
+    with pytest.raises(ValueError, match="ForwardCache holds hidden states of other weights or "
+                                         "another dtype"):
+        Selector(model, tok).select(pool, targets, k=3, forward_cache=cache)
+    model.to(torch.float32)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    with pytest.raises(ValueError, match="ForwardCache holds hidden states"):
+        Selector(model, tok).select(pool, targets, k=3, forward_cache=cache)
+
+
+def test_a_list_of_target_files_is_one_task_per_file_as_on_the_command_line(tiny_model_dir, data,
+                                                                           tmp_path):
+    from trim_fast import Selector
+
+    pool, targets = data
+    paths = []
+    for name, recs in (("arith", targets[:2]), ("more", targets[2:])):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        paths.append(str(path))
+    selector = Selector(tiny_model_dir)
+    by_list = selector.select(pool[:10], paths, k=3)
+    by_mapping = selector.select(pool[:10], {"arith": targets[:2], "more": targets[2:]}, k=3)
+    assert sorted(by_list.banks) == ["arith", "more"]
+    assert by_list.scores.tasks == by_mapping.scores.tasks
+    assert torch.equal(by_list.scores.score, by_mapping.scores.score)

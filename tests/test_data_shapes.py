@@ -253,7 +253,12 @@ def test_pre_tokenized_labels_mask_and_padding(smollm_tokenizer):
     ({"input_ids": [5, "x"]}, r"'input_ids' must be a list of integers"),
     ({"input_ids": [5, 6], "counted": [1, 2]}, r"'counted' must hold only 0 and 1"),
     ({"input_ids": [5, 6], "attention_mask": [0, 0]}, r"record has no tokens"),
-    ({"input_ids": None, "text": "x"}, r"field 'input_ids' is missing or null"),
+    ({"input_ids": None}, r"field 'input_ids' is missing or null"),
+    ({"input_ids": [5, 6], "text": "x"}, r"the record has the fields of more than one shape \(tokens, text\)"),
+    ({"input_ids": [5, 6], "labels": [-1, 6]}, r"'labels' holds -1; only -100 marks"),
+    ({"input_ids": [5, 6], "labels": [-100, 6], "completion_mask": [1, 1]},
+     r"'labels' and 'completion_mask' disagree on which tokens count"),
+    ({"input_ids": [5, 6], "assistant_masks": [0, 2]}, r"'assistant_masks' must hold only 0 and 1"),
 ])
 def test_pre_tokenized_bad_rows(record, match):
     with pytest.raises(DataError, match=r"records:1: " + match):
@@ -293,7 +298,9 @@ def test_to_messages_hook(smollm_tokenizer):
 
 def test_forced_format(tmp_path):
     both = {"messages": [{"role": "user", "content": "chat"}], "text": "plain"}
-    assert _one(both).format == "messages"
+    with pytest.raises(DataError, match=r"records:1: the record has the fields of more than one "
+                                        r"shape \(messages, text\); .* --format messages"):
+        _one(both)  # ambiguous: said, not guessed
     forced = _one(both, format="text")
     assert forced.format == "text" and forced.text == "plain"
     # forcing skips the per-record shape check; a record that lacks the field is named
@@ -354,9 +361,10 @@ def test_template_that_renders_tool_calls_and_tools(qwen_like):
     assert text == qwen_like.apply_chat_template(ex.messages, tools=ex.tools, tokenize=False)
     assert "<tools>\n" + json.dumps(TOOLS[0]) in text and "<tool_call>" in text
     pieces = [text[a:b] for a, b in spans]
-    assert pieces[0].startswith("get_weather") and "Oslo" in pieces[0]
-    assert "<tool_call>" not in pieces[0] and "</tool_call>" not in pieces[0]
-    assert pieces[1:] == ["It is minus four and snowing in Oslo."]
+    # the call's name and its arguments count; the template text around and between them not
+    assert pieces[0] == "get_weather" and pieces[1].startswith("city") and "Oslo" in pieces[1]
+    assert not any(t in p for p in pieces[:2] for t in ("<tool_call>", "arguments", '"name"'))
+    assert pieces[2:] == ["It is minus four and snowing in Oslo."]
     s = _scopes(qwen_like, ex)
     assert s["prompt"] == "Answer in one sentence.Weather in Oslo?minus four and snowing"
     assert "Current weather" not in s["all"]  # the tool schemas never count
@@ -416,3 +424,79 @@ def test_old_entry_points_still_work(smollm_tokenizer):
     ex = record_to_example({"text": "x"}, "text", source="f", line=1)
     assert ex.id == "f:1"
     assert len(tokenizer_digest(smollm_tokenizer)) == 16
+
+
+def test_two_calls_in_one_turn_count_names_and_arguments_only(qwen_like):
+    calls = [{"type": "function", "function": {"name": n, "arguments": json.dumps({"city": c})}}
+             for n, c in (("get_weather", "Oslo"), ("get_time", "Rome"))]
+    ex = _one({"messages": [{"role": "user", "content": "Oslo and Rome?"},
+                            {"role": "assistant", "content": None, "tool_calls": calls}]})
+    text, spans = render_messages(qwen_like, ex.messages, "response", None)
+    assert text == qwen_like.apply_chat_template(ex.messages, tokenize=False)
+    pieces = [text[a:b] for a, b in spans]
+    assert pieces[0] == "get_weather" and pieces[2] == "get_time"
+    assert "Oslo" in pieces[1] and "Rome" in pieces[3] and len(pieces) == 4
+    # the template text between the two calls is the same in both places: never counted
+    assert not any("tool_call>" in p for p in pieces)
+
+
+@pytest.mark.parametrize("turn,match", [
+    ({"role": "assistant", "content": "A", "reasoning_content": "think"}, "has 'reasoning_content'"),
+    ({"role": "assistant", "content": "A", "thinking": "think"}, "has 'thinking'"),
+    ({"role": "user", "content": "Q", "tool_calls": [{"type": "function", "function": {
+        "name": "f", "arguments": "{}"}}]}, r"\(user\) has tool calls; only assistant turns"),
+])
+def test_turn_fields_that_would_be_lost_are_refused(turn, match):
+    with pytest.raises(DataError, match=r"records:1: turn 1 of 'messages' .*" + match):
+        _one({"messages": [{"role": "user", "content": "Q"}, turn]})
+
+
+@pytest.mark.parametrize("record", [
+    {"conversations": [{"from": "human", "value": "<image>What is it?"}, {"from": "gpt", "value": "A cat"}],
+     "images": ["cat.jpg"]},
+    {"instruction": "<video>Describe", "output": "A dog runs", "videos": ["dog.mp4"]},
+])
+def test_media_columns_are_refused_not_ignored(record):
+    with pytest.raises(DataError, match=r"records:1: field '(images|videos)' holds media"):
+        _one(record)
+
+
+def test_alpaca_tools_column_reaches_the_template():
+    ex = _one({"instruction": "Weather?", "output": "Sunny", "tools": json.dumps(TOOLS)})
+    assert ex.tools == TOOLS
+
+
+def test_trl_masks_and_boolean_masks_say_what_counts():
+    ids = [5, 6, 7, 8]
+    for key in ("completion_mask", "assistant_masks"):
+        assert _one({"input_ids": ids, key: [0, 0, 1, 1]}).tokens == (ids, [False, False, True, True])
+    assert _one({"input_ids": ids, "counted": [False, True, True, False]}).tokens == \
+        (ids, [False, True, True, False])
+    agree = {"input_ids": ids, "labels": [-100, -100, 7, 8], "completion_mask": [0, 0, 1, 1]}
+    assert _one(agree).tokens == (ids, [False, False, True, True])
+
+
+@pytest.mark.parametrize("template,kept", [
+    # Llama 3 trims every content
+    ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}",
+     ["Hello there", "<think>plan</think> Hi!", "Bye"]),
+    # Qwen3 drops the reasoning of earlier assistant turns
+    ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not loop.last %}"
+     "{{ m.content.split('</think>')[-1] | trim }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n"
+     "{% endfor %}", ["  Hello there  ", "Hi!", "Bye"]),
+])
+def test_a_template_that_changes_contents_is_followed(smollm_tokenizer, template, kept):
+    tok = copy.deepcopy(smollm_tokenizer)
+    tok.chat_template = template
+    ex = _one({"messages": [{"role": "user", "content": "  Hello there  "},
+                            {"role": "assistant", "content": "<think>plan</think> Hi!"},
+                            {"role": "assistant", "content": "Bye"}]})
+    text, spans = render_messages(tok, ex.messages, "all")
+    assert text == tok.apply_chat_template(ex.messages, tokenize=False)  # what the model sees
+    assert [text[a:b] for a, b in spans] == kept
+
+
+def test_openai_refusal_part_is_assistant_text():
+    ex = _one({"messages": [{"role": "user", "content": "Do harm"}, {"role": "assistant", "content": [
+        {"type": "refusal", "refusal": "I can't help with that."}]}]})
+    assert ex.messages[1]["content"] == "I can't help with that."

@@ -393,3 +393,28 @@ def test_source_is_the_path_as_given(tmp_path, monkeypatch):
     assert [e.source for e in open_records("p.jsonl")] == ["p.jsonl"]
     assert [e.source for e in open_records("./p.jsonl")] == ["./p.jsonl"]
     assert [e.source for e in open_records(pathlib.Path("p.jsonl"))] == ["p.jsonl"]
+
+
+def test_a_dataset_with_a_transform_is_read_as_the_user_sees_it():
+    import datasets
+
+    raw = datasets.Dataset.from_list([{"q": f"question {i}", "a": f"answer {i}"} for i in range(3)])
+    shown = raw.with_transform(lambda b: {"text": [f"{q} {a}" for q, a in zip(b["q"], b["a"])]})
+    assert [ex.text for ex in open_records(shown)] == ["question 0 answer 0", "question 1 answer 1",
+                                                      "question 2 answer 2"]
+
+
+def test_network_notice_reaches_stderr_without_logging_configured(recwarn):
+    from trim_fast._notice import must_see
+
+    quiet = logging.getLogger("trim_fast.test_notice")
+    quiet.propagate, quiet.handlers = False, [logging.NullHandler()]  # a program that set up nothing
+    try:
+        must_see(quiet, "using the network: fetching %r", "org/name")
+        assert [str(w.message) for w in recwarn] == ["using the network: fetching 'org/name'"]
+        recwarn.clear()
+        quiet.handlers.append(logging.StreamHandler())  # a program that shows logs: said once
+        must_see(quiet, "using the network: fetching %r", "org/name")
+        assert len(recwarn) == 0
+    finally:
+        quiet.propagate, quiet.handlers = True, []

@@ -222,6 +222,19 @@ def test_dataflex_selector_refusals(dataflex_build, lf_rows):
         dataflex_build({"layers": 0}, pool, pool)
 
 
+def test_dataflex_selector_with_nothing_selectable_says_why(dataflex_build, lf_rows, tiny_model_dir,
+                                                              smollm_tokenizer):
+    import datasets
+
+    pool_rows, evals = lf_rows
+    unlabelled = [dict(r, labels=[-100] * len(r["input_ids"])) for r in pool_rows]  # nothing counts
+    sel = dataflex_build({"method": "paper", "layers": 2}, datasets.Dataset.from_list(unlabelled),
+                         datasets.Dataset.from_list(next(iter(evals.values()))))
+    with pytest.raises(ValueError, match="none of the .* candidate rows has a counted token"):
+        sel.select(model=_training_model(tiny_model_dir), step_id=1, num_samples=K,
+                   **_select_kwargs(tokenizer=smollm_tokenizer))
+
+
 def test_dataflex_launcher_registers_then_runs_dataflex_launch(monkeypatch):
     """``python -m trim_fast.integrations.dataflex cfg.yaml``: trim is registered before
     DataFlex's own launcher runs. (dataflex.launcher itself imports LLaMA-Factory, which does

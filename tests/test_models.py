@@ -98,6 +98,41 @@ def test_peft_merge_equals_load_model_and_restores_exactly(tiny_model_dir, adapt
         assert torch.equal(peft_model(input_ids=IDS).logits, logits_before)
 
 
+def test_peft_merge_that_replaces_the_parameter_is_undone(tiny_model_dir, adapter_dir, monkeypatch):
+    """bitsandbytes and torchao layers merge by putting a new Parameter in the base layer's slot
+    (``base.weight = Params4bit(...)``); the original object must come back, unmerged."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    peft_model = _peft_model(tiny_model_dir, adapter_dir)
+    plain_merge = LoraLinear.merge
+
+    def merge_by_replacing(self, *args, **kwargs):
+        base = self.get_base_layer()
+        merged = base.weight.data.clone()
+        original = base.weight.data
+        base.weight.data = merged
+        plain_merge(self, *args, **kwargs)
+        base.weight.data = original
+        base.weight = torch.nn.Parameter(merged, requires_grad=False)  # a new object, merged
+
+    monkeypatch.setattr(LoraLinear, "merge", merge_by_replacing)
+    slots = {n: p for n, p in peft_model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in slots.items()}
+    with torch.no_grad():
+        logits_before = peft_model(input_ids=IDS).logits
+    with forward_model(peft_model) as base:
+        first = _hidden(base)
+    with forward_model(peft_model) as base:  # merged once, not on top of the first merge
+        assert torch.equal(_hidden(base), first)
+    monkeypatch.undo()
+    reference = load_model(tiny_model_dir, adapter=adapter_dir, device="cpu", dtype="fp32")
+    assert torch.equal(first, _hidden(reference))
+    for name, p in peft_model.named_parameters():
+        assert p is slots[name] and torch.equal(p, before[name]), name
+    with torch.no_grad():
+        assert torch.equal(peft_model(input_ids=IDS).logits, logits_before)
+
+
 def test_peft_restored_after_an_error_and_under_inference_mode(tiny_model_dir, adapter_dir):
     peft_model = _peft_model(tiny_model_dir, adapter_dir)
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}

@@ -183,7 +183,7 @@ def test_jsonl_coreset_writes_nonfinite_values_back_as_read(tmp_path, caplog):
 
 
 def test_task_names_are_distinct_and_safe_for_files():
-    from trim_fast.cli import task_names
+    from trim_fast.data import task_names
 
     assert task_names(["math.jsonl", "math-2.jsonl", "a/math.jsonl", "/t/tg/*.jsonl",
                        "/x/part-*.jsonl", "org/name", "dir/", "my tasks!.jsonl"]) == \
@@ -211,3 +211,14 @@ def test_pick_takes_the_pool_under_another_spelling(tmp_path, monkeypatch, tiny_
     assert run("pick", "--scores", "s/scores.parquet", "--pool", "./pool.jsonl", "--k", "4",
                "--out", "p") == 0
     assert (tmp_path / "p" / "top_k4.jsonl").read_text() == (tmp_path / "s" / "top_k4.jsonl").read_text()
+
+
+def test_to_dataset_of_a_selection_of_a_selection_replaces_the_score(tiny_model_dir):
+    from trim_fast import Selector
+
+    selector = Selector(tiny_model_dir)
+    first = selector.select(datasets.Dataset.from_list(MIXED), MIXED, k=3).to_dataset()
+    second = selector.select(first, MIXED, k=2)
+    again = second.to_dataset()
+    assert again.column_names.count("trim_score") == 1 and len(again) == 2
+    assert again["trim_score"] == [float(second.combined[i]) for i in second.indices]

@@ -31,9 +31,9 @@ import torch
 from trim_fast.bank import FingerprintBank, settings_conflict
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
 from trim_fast.config import SelectionConfig
-from trim_fast.data import DataError, Records, open_records, tokenizer_digest
+from trim_fast.data import DataError, Records, open_records, task_names, tokenizer_digest
 from trim_fast.models.loading import weights_digest
-from trim_fast.models.prepare import forward_model
+from trim_fast.models.prepare import forward_model, unwrap
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.outputs import records_table
 from trim_fast.run.workdir import WorkDir, run_identity
@@ -69,7 +69,8 @@ class SelectionResult:
 
     def to_dataset(self, score_column: str = "trim_score"):
         """The selection as a ``datasets.Dataset``, best first, with its score in
-        ``score_column``: ``ds.select(indices)`` when the pool was one ``Dataset``."""
+        ``score_column`` (replacing one of that name): ``ds.select(indices)`` when the pool was
+        one ``Dataset``."""
         import datasets
 
         source = getattr(self.pool, "dataset", None)
@@ -77,7 +78,16 @@ class SelectionResult:
             ds = source.select(self.indices)
         else:  # one schema over every record's fields (Dataset.from_list takes the first's)
             ds = datasets.Dataset(records_table(self.pool.take(self.indices)))
+        if score_column in ds.column_names:  # a selection of a selection: the new score
+            ds = ds.remove_columns([score_column])
         return ds.add_column(score_column, [float(self.combined[i]) for i in self.indices])
+
+
+def _forward_identity(base, info: dict) -> str:
+    """What a cached forward depends on: the weights (digest, bf16-rounded), their dtype and
+    the device type (the same weights in fp32 and bf16 give other hidden states)."""
+    param = next(base.parameters())
+    return f"{info['digest']} {str(param.dtype).replace('torch.', '')} {param.device.type}"
 
 
 class Selector:
@@ -105,8 +115,9 @@ class Selector:
                 raise ValueError("Selector: adapter, device and dtype apply to a model loaded "
                                  "here; merge, move or cast a loaded model yourself")
             self.model = model
-            self.model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or \
-                type(model).__name__
+            inner = unwrap(model)  # DDP / accelerate: the name of the model inside
+            self.model_name = getattr(getattr(inner, "config", None), "_name_or_path", "") or \
+                type(inner).__name__
         elif model is None or isinstance(model, (str, os.PathLike)):
             from trim_fast.models.loading import load_model, load_tokenizer, model_id
 
@@ -134,7 +145,7 @@ class Selector:
         with forward_model(self.model) as base:
             info = self._model_info(base)
             if forward_cache is not None:
-                forward_cache.bind(info["digest"])
+                forward_cache.bind(_forward_identity(base, info))
 
             def build():
                 center = self._pool_center(base, pool, forward_cache) \
@@ -192,7 +203,7 @@ class Selector:
         with forward_model(self.model) as base:
             info = self._model_info(base)
             if forward_cache is not None:
-                forward_cache.bind(info["digest"])
+                forward_cache.bind(_forward_identity(base, info))
             self.check_banks(banks, info)
             param = next(base.parameters())
             manifest = {"model": info, "tokenizer": tokenizer_digest(self.tokenizer),
@@ -334,6 +345,10 @@ def _tasks(targets: Any, task: str | None) -> dict[str, Records]:
         if not targets:
             raise ValueError("no target task given")
         return {str(name): open_records(src) for name, src in targets.items()}
+    paths = [targets] if isinstance(targets, (str, os.PathLike)) else targets
+    if task is None and isinstance(paths, (list, tuple)) and paths and all(
+            isinstance(p, (str, os.PathLike)) for p in paths):  # as --targets: one task per path
+        return {name: open_records(os.fspath(src)) for name, src in zip(task_names(paths), paths)}
     return {task or "targets": open_records(targets)}
 
 

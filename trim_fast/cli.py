@@ -10,7 +10,6 @@ flag; flags given on the command line win.
 from __future__ import annotations
 
 import argparse
-import re
 import dataclasses
 import json
 import logging
@@ -236,7 +235,7 @@ def _open(values: dict, key: str):
 
 def _target_tasks(values: dict) -> dict | None:
     """``{task: records}``, one task per --targets source, named after it; None: in-domain."""
-    from trim_fast.data import open_records
+    from trim_fast.data import open_records, task_names
 
     sources = values.get("targets") or []
     if not sources:
@@ -253,25 +252,6 @@ def _target_tasks(values: dict) -> dict | None:
 
 
 RUN_FOLDERS = ("work", "banks", "warmup_adapter", "warmup", "data")
-
-
-def task_names(sources) -> list[str]:
-    """One distinct, file-name-safe task name per --targets source: the file's stem (a glob: the
-    fixed part of its name, else its folder), then -2, -3, ... where taken."""
-    names = []
-    for src in sources:
-        path = str(src).rstrip("/")
-        stem = re.sub(r"[*?\[\]{}]", "", os.path.basename(path).split(".")[0])
-        stem = re.sub(r"[^\w.-]+", "_", stem).strip("-_.")
-        if not stem:
-            stem = re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.dirname(path))).strip("-_.")
-        stem = stem or "targets"
-        name, n = stem, 1
-        while name in names:
-            n += 1
-            name = f"{stem}-{n}"
-        names.append(name)
-    return names
 
 
 def _check_inputs(pool, tasks) -> int:

@@ -29,8 +29,9 @@ to chat turns (``render`` counts assistant turns under scope ``response``, every
     conversational form where each is a list of messages (kept with their own roles); optional
     ``tools``.
 ``tokens``
-    Pre-tokenized rows: ``input_ids`` with ``labels`` (``-100`` = does not count), or with an
-    explicit ``counted`` 0/1 mask, or neither (every token counts). An ``attention_mask`` whose
+    Pre-tokenized rows: ``input_ids`` with ``labels`` (``-100`` = does not count), or a 0/1
+    mask (``counted``, TRL's ``completion_mask`` / ``assistant_masks``), or neither (every token
+    counts); masks given together must agree. An ``attention_mask`` whose
     zeros are padding at either end is stripped; a zero between ones is an error. Special tokens
     never count (``render`` applies that, it needs the tokenizer).
 ``text``
@@ -65,7 +66,7 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
                    "model": "assistant", "chatgpt": "assistant", "bing": "assistant",
                    "system": "system", "observation": "tool", "tool": "tool",
                    "function_call": "function_call"}
-_TEXT_PART_TYPES = ("text", "input_text", "output_text")
+_TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal")
 
 ToMessages = Callable[[dict], Any]
 
@@ -173,21 +174,20 @@ def _feed(h, v: Any) -> None:  # noqa: C901 - one branch per type
 
 # ----------------------------------------------------------------------------- detection
 
+_SHAPE_FIELDS = (("messages", ("messages",)), ("sharegpt", ("conversations",)),
+                 ("alpaca", ("instruction", "output")), ("prompt_completion", ("prompt", "completion")),
+                 ("tokens", ("input_ids",)), ("text", ("text",)))
+
+
+def matching_formats(record: dict[str, Any]) -> list[str]:
+    """Every shape whose fields the record has, in order of precedence."""
+    return [name for name, fields in _SHAPE_FIELDS if all(f in record for f in fields)]
+
+
 def detect_format(record: dict[str, Any]) -> str | None:
-    """The record's shape from its fields, or ``None``."""
-    if "messages" in record:
-        return "messages"
-    if "conversations" in record:
-        return "sharegpt"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    if "prompt" in record and "completion" in record:
-        return "prompt_completion"
-    if "input_ids" in record:
-        return "tokens"
-    if "text" in record:
-        return "text"
-    return None
+    """The record's shape from its fields (the first by precedence), or ``None``."""
+    shapes = matching_formats(record)
+    return shapes[0] if shapes else None
 
 
 def unknown_format_message(record: dict[str, Any]) -> str:
@@ -240,9 +240,11 @@ def _content_text(value: Any, where: str, what: str) -> str:
                                                     and "text" in part):
                 raise DataError(f"{where}: {what} has a {kind!r} part (part {p_i}); only text "
                                 "parts are supported (trim_fast scores text models)")
-            text = part.get("text")
+            field_name = "refusal" if kind == "refusal" else "text"  # a refusal is assistant text
+            text = part.get(field_name)
             if not isinstance(text, str):
-                raise DataError(f"{where}: text part {p_i} of {what} needs a string 'text' field")
+                raise DataError(f"{where}: {kind or 'text'} part {p_i} of {what} needs a string "
+                                f"{field_name!r} field")
             texts.append(text)
         return _checked("\n".join(texts), where, what)
     raise DataError(f"{where}: {what} must be a string or a list of text parts, "
@@ -326,6 +328,14 @@ def _chat_messages(turns: Any, where: str, key: str) -> list[dict[str, Any]]:
         if role not in ROLES:
             raise DataError(f"{where}: unknown role {turn['role']!r} in {what} (expected "
                             "system, developer, user, assistant or tool)")
+        hidden = [k for k in REASONING_FIELDS if turn.get(k)]
+        if hidden:
+            raise DataError(f"{where}: {what} ({role}) has {hidden[0]!r}, which is not rendered "
+                            "as counted text; put it into 'content' (a to_messages hook can) or "
+                            "remove it, so that nothing is scored silently without it")
+        if role != "assistant" and (turn.get("tool_calls") or turn.get("function_call")):
+            raise DataError(f"{where}: {what} ({role}) has tool calls; only assistant turns make "
+                            "tool calls")
         calls = []
         if role == "assistant":
             raw_calls = turn.get("tool_calls")
@@ -424,32 +434,55 @@ def _prompt_completion_messages(record: dict, where: str) -> list[dict[str, Any]
     return messages
 
 
-def _int_list(value: Any, where: str, key: str) -> list[int]:
+MEDIA_COLUMNS = ("images", "videos", "audios")
+
+# Reasoning that some chat datasets keep beside a turn's content (DeepSeek, Qwen3, gpt-oss):
+# refused rather than dropped, since the sentinel rendering fills 'content' only.
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+
+# Fields of a pre-tokenized row that say which tokens count: labels (-100: not counted, as
+# transformers and LLaMA-Factory write them), a 0/1 mask of ours, TRL's completion and
+# assistant masks.
+TOKEN_MASKS = ("labels", "counted", "completion_mask", "assistant_masks")
+
+
+def _int_list(value: Any, where: str, key: str, *, bools: bool = False) -> list[int]:
     if hasattr(value, "tolist"):  # numpy / arrow arrays
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in value):
-        raise DataError(f"{where}: '{key}' must be a list of integers")
-    return list(value)
+            isinstance(x, int) and (bools or not isinstance(x, bool)) for x in value):
+        raise DataError(f"{where}: '{key}' must be a list of integers"
+                        + (" or booleans" if bools else ""))
+    return [int(x) for x in value]
 
 
 def _token_rows(record: dict, where: str) -> tuple[list[int], list[bool]]:
     if record.get("input_ids") is None:
         raise DataError(f"{where}: field 'input_ids' is missing or null")
     ids = _int_list(record["input_ids"], where, "input_ids")
-    if record.get("labels") is not None:
-        labels = _int_list(record["labels"], where, "labels")
-        key, counted = "labels", [x != -100 for x in labels]
-    elif record.get("counted") is not None:
-        mask = _int_list(record["counted"], where, "counted")
-        if any(x not in (0, 1) for x in mask):
-            raise DataError(f"{where}: 'counted' must hold only 0 and 1")
-        key, counted = "counted", [x == 1 for x in mask]
-    else:
-        key, counted = None, [True] * len(ids)
-    if len(counted) != len(ids):
-        raise DataError(f"{where}: '{key}' has {len(counted)} entries but 'input_ids' has "
-                        f"{len(ids)}")
+    masks = {}  # every field that says which tokens count; they must agree
+    for key in TOKEN_MASKS:
+        if record.get(key) is None:
+            continue
+        if key == "labels":
+            labels = _int_list(record[key], where, key)
+            bad = next((x for x in labels if x < 0 and x != -100), None)
+            if bad is not None:
+                raise DataError(f"{where}: 'labels' holds {bad}; only -100 marks a token that "
+                                "does not count (the ignore index of transformers and LLaMA-Factory)")
+            masks[key] = [x != -100 for x in labels]
+        else:
+            mask = _int_list(record[key], where, key, bools=True)
+            if any(x not in (0, 1) for x in mask):
+                raise DataError(f"{where}: '{key}' must hold only 0 and 1")
+            masks[key] = [x == 1 for x in mask]
+        if len(masks[key]) != len(ids):
+            raise DataError(f"{where}: '{key}' has {len(masks[key])} entries but 'input_ids' has "
+                            f"{len(ids)}")
+    if len({tuple(m) for m in masks.values()}) > 1:
+        raise DataError(f"{where}: {' and '.join(map(repr, masks))} disagree on which tokens count; "
+                        "give one of them")
+    counted = next(iter(masks.values())) if masks else [True] * len(ids)
     if record.get("attention_mask") is not None:
         att = _int_list(record["attention_mask"], where, "attention_mask")
         if len(att) != len(ids):
@@ -512,6 +545,7 @@ def record_to_example(record: Any, format: str | None, *, source: str, line: int
         ex.tools = _tools(record.get("tools"), where)
     elif format == "alpaca":
         ex.messages = _alpaca_messages(record, where)
+        ex.tools = _tools(record.get("tools"), where)
     elif format == "prompt_completion":
         ex.messages = _prompt_completion_messages(record, where)
         ex.tools = _tools(record.get("tools"), where)
@@ -521,6 +555,11 @@ def record_to_example(record: Any, format: str | None, *, source: str, line: int
         ex.text = _required_text(record, "text", where)
     else:
         raise DataError(f"{where}: unknown format {format!r}; known: {', '.join(FORMATS)}")
+    if format in ("messages", "sharegpt", "alpaca", "prompt_completion") and to_messages is None:
+        media = next((k for k in MEDIA_COLUMNS if record.get(k)), None)
+        if media is not None:  # LLaMA-Factory's multimodal columns; the text holds placeholders
+            raise DataError(f"{where}: field {media!r} holds media; only text is scored (a text-only "
+                            f"model cannot see it); remove the column or pass a to_messages hook")
     if ex.tokens is None and not _has_text(ex):
         raise DataError(f"{where}: record has no usable text (every field is empty)")
     for k in ("family", "task"):

@@ -53,6 +53,7 @@ _SENTINEL = "\u2063TRIMFAST{}\u2063"  # invisible separator: never in real text 
 _SENTINEL_RE = re.compile("\u2063TRIMFAST(\\d+)\u2063")
 _CALL_NAME = "\u2063TRIMCALL{}\u2063"  # stands for a tool call's name when probing the template
 _CALL_ARGS = "\u2063TRIMARGS{}\u2063"  # ... and for its arguments
+_CALL_MARK_RE = re.compile("\u2063TRIM(CALL|ARGS)(\\d+)\u2063")
 _MARKER = "\u2063TRIM"
 
 
@@ -78,6 +79,10 @@ class _Turn:
 
     def has_text(self) -> bool:
         return any(text for text, _ in self.parts)
+
+    def real(self) -> dict[str, Any]:
+        """The message with its content, as the template would get it from the record."""
+        return dict(self.message, content="".join(text for text, _ in self.parts))
 
 
 def fallback_template(messages: list[dict[str, Any]]) -> str:
@@ -185,11 +190,30 @@ def _call_regions(real: str, probe: str, turns: list[_Turn]) -> list[tuple[int, 
             while s < min(len(a), len(b)) - p and a[-1 - s] == b[-1 - s]:
                 s += 1
             if len(a) - s > p:
-                regions.append((pos + p, pos + len(a) - s))
+                regions += [(pos + x, pos + y) for x, y in _per_call(a, b, p, len(a) - s)]
         pos += len(a)
         if k < len(ids_a):
             pos += len(_SENTINEL.format(ids_a[k]))
     return regions
+
+
+def _per_call(real: str, probe: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Split ``real[start:end]``, the calls of one turn, into the names and arguments: the
+    template text between two of them (the tail of the probe's text between two markers that is
+    found in ``real`` there) does not count, as template text never does."""
+    marks = sorted((m.start(), m.end(), m.group(1), int(m.group(2)))
+                   for m in _CALL_MARK_RE.finditer(probe))
+    out, cur = [], start
+    for (_, ea, _, _), (sb, _, _, _) in zip(marks, marks[1:]):
+        gap = probe[ea:sb]
+        for n in range(len(gap), 0, -1):  # the longest tail of the gap that is template text
+            at = real.find(gap[-n:], cur, end)
+            if at >= 0 and n > 1:
+                out.append((cur, at))
+                cur = at + n
+                break
+    out.append((cur, end))
+    return [(x, y) for x, y in out if y > x]
 
 
 def _fill(templated: str, turns: list[_Turn], call_regions: list[tuple[int, int]],
@@ -253,7 +277,43 @@ def render_messages(tokenizer, messages: list[dict[str, Any]], scope: str,
             turns, regions = _inline_calls(turns), []
     if templated is None:
         templated = _apply(tokenizer, turns, tools)
-    return _fill(templated, turns, regions, scope)
+    text, spans = _fill(templated, turns, regions, scope)
+    if has_template and not _inlined(turns):
+        # A template may change a content (Llama 3's ``| trim``, Qwen3 dropping earlier
+        # reasoning); the model must see what the template makes of the real messages, so the
+        # spans move onto that text (what the template removed no longer counts).
+        try:
+            real = tokenizer.apply_chat_template([t.real() for t in turns], tools=tools,
+                                                 tokenize=False)
+        except Exception as exc:  # noqa: BLE001 - jinja raises what the template raises
+            raise DataError(f"the chat template cannot render this record: "
+                            f"{type(exc).__name__}: {exc}") from exc
+        if real != text:
+            text, spans = real, _realign(text, real, spans)
+    return text, spans
+
+
+def _inlined(turns: list[_Turn]) -> bool:
+    """Whether tools or calls were written into the text by us (the template ignores them)."""
+    return any(not is_content for t in turns for _, is_content in t.parts) or \
+        any(len(t.parts) > 1 for t in turns)
+
+
+def _realign(text: str, real: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` of ``text`` carried onto ``real`` through the characters the two share."""
+    import difflib
+
+    out: list[tuple[int, int]] = []
+    for i, j, size in difflib.SequenceMatcher(None, text, real, autojunk=False).get_matching_blocks():
+        for a, b in spans:
+            lo, hi = max(a, i), min(b, i + size)
+            if hi > lo:
+                start, end = j + lo - i, j + hi - i
+                if out and out[-1][1] == start:
+                    out[-1] = (out[-1][0], end)
+                else:
+                    out.append((start, end))
+    return sorted(out)
 
 
 def tokenize_example(tokenizer, example: Example, *, scope: str = "all",

@@ -34,9 +34,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
+from trim_fast._notice import must_see
 from trim_fast.data.formats import (
     CUSTOM_FORMAT, FORMATS, DataError, Example, ToMessages, detect_format, line_digest,
-    record_to_example, unknown_format_message)
+    matching_formats, record_to_example, unknown_format_message)
 
 log = logging.getLogger("trim_fast.data")
 
@@ -302,7 +303,9 @@ def _dataset_rows(ds) -> Iterator[dict]:
     """Rows of a datasets object: map-style by Arrow batches (fast), iterable by iteration."""
     import datasets
 
-    if isinstance(ds, datasets.Dataset):
+    if isinstance(ds, datasets.Dataset) and ds.format.get("type") == "custom":
+        yield from ds  # with_transform / set_transform: the rows as the user sees them
+    elif isinstance(ds, datasets.Dataset):
         for table in ds.with_format("arrow").iter(batch_size=_BATCH):
             yield from table.to_pylist()
     else:
@@ -372,9 +375,9 @@ class _HubDataset(_Reader):
         if self._ds is None:
             from huggingface_hub import constants
 
-            log.warning("using the network: streaming split %r%s of the Hugging Face hub dataset "
-                        "%r from %s", self.split, f" (subset {self.subset!r})" if self.subset
-                        else "", self.name, constants.ENDPOINT)
+            must_see(log, "using the network: streaming split %r%s of the Hugging Face hub dataset "
+                     "%r from %s", self.split, f" (subset {self.subset!r})" if self.subset
+                     else "", self.name, constants.ENDPOINT)
             try:
                 self._ds = datasets.load_dataset(self.name, self.subset, split=self.split,
                                                  streaming=True)
@@ -603,8 +606,15 @@ class Records:
                 if fmt is None:
                     if shape is None:
                         raise DataError(f"{where}: {unknown_format_message(record)}")
+                    shapes = matching_formats(record)
+                    if len(shapes) > 1:  # e.g. a tokenized chat dataset keeps its messages
+                        raise DataError(f"{where}: the record has the fields of more than one "
+                                        f"shape ({', '.join(shapes)}); say which to read with "
+                                        f"--format (format= in Python), e.g. --format {shapes[0]}")
                     fmt = self._detected[e_i] = shape
                 elif self._format is None and shape != fmt:
+                    if shape is None:
+                        raise DataError(f"{where}: {unknown_format_message(record)}")
                     raise DataError(f"{where}: record is not in the {reader.container}'s format "
                                     f"({fmt}, detected from its first record)")
             ex = record_to_example(record, fmt, source=reader.name, line=line,
@@ -731,3 +741,23 @@ def open_records(source: Any, *, split: str | None = None, subset: str | None = 
 def _needs_index(source: Any) -> bool:
     """In a list of sources, unnamed in-memory sources get their position in their name."""
     return not isinstance(source, (str, os.PathLike))
+
+
+def task_names(sources) -> list[str]:
+    """One distinct, file-name-safe task name per target source (``--targets``, a list of paths):
+    the file's stem (a glob: the fixed part of its name, else its folder), then -2, -3, ... where
+    taken."""
+    names = []
+    for src in sources:
+        path = str(src).rstrip("/")
+        stem = re.sub(r"[*?\[\]{}]", "", os.path.basename(path).split(".")[0])
+        stem = re.sub(r"[^\w.-]+", "_", stem).strip("-_.")
+        if not stem:
+            stem = re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.dirname(path))).strip("-_.")
+        stem = stem or "targets"
+        name, n = stem, 1
+        while name in names:
+            n += 1
+            name = f"{stem}-{n}"
+        names.append(name)
+    return names

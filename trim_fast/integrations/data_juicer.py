@@ -86,22 +86,6 @@ def _model(name: Optional[str], adapter: Optional[str], device: Optional[str], d
     return _MODELS[key]
 
 
-def _tasks(targets: Any):
-    """A list of paths: one task per path, named after its file (as ``--targets`` does)."""
-    if isinstance(targets, (list, tuple)) and targets and all(
-            isinstance(t, (str, os.PathLike)) for t in targets):
-        tasks: dict = {}
-        for src in targets:
-            stem = os.path.basename(os.fspath(src).rstrip("/")).split(".")[0] or "targets"
-            name, n = stem, 1
-            while name in tasks:
-                n += 1
-                name = f"{stem}-{n}"
-            tasks[name] = src
-        return tasks
-    return targets
-
-
 @OPERATORS.register_module(NAME)
 class TrimSelector(Selector):
     """Keep the rows that matter most for the targets (TRIM); score under
@@ -124,7 +108,7 @@ class TrimSelector(Selector):
                  target_sample: Optional[int] = None, seed: Optional[int] = None,
                  *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.targets = _tasks(targets)
+        self.targets = targets
         self.model, self.adapter, self.device, self.dtype = model, adapter, device, dtype
         self.k, self.fraction, self.keep_all, self.score_key = k, fraction, keep_all, score_key
         self.format, self.split = format, split
@@ -138,7 +122,7 @@ class TrimSelector(Selector):
 
     def process(self, dataset):
         from trim_fast import Selector as Trim
-        from trim_fast.data import detect_format, open_records
+        from trim_fast.data import detect_format, open_records, task_names
 
         if len(dataset) == 0:
             return dataset
@@ -148,6 +132,10 @@ class TrimSelector(Selector):
             to_messages = lambda row, key=self.text_key: row[key]  # noqa: E731 - plain text
         pool = open_records(dataset, format=self.format, to_messages=to_messages)
         targets = self.targets
+        if isinstance(targets, (str, os.PathLike)) or (isinstance(targets, (list, tuple)) and all(
+                isinstance(t, (str, os.PathLike)) for t in targets)):  # one task per path
+            paths = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
+            targets = dict(zip(task_names(paths), paths))
         if isinstance(targets, dict):
             targets = {t: open_records(src, split=self.split) for t, src in targets.items()}
         elif targets is not None:

@@ -165,6 +165,10 @@ def _make_class(base):
             finally:
                 for m, training in modes:
                     m.training = training
+            if not result.indices:  # DataFlex would build an empty subset and fail obscurely
+                raise ValueError(f"trim selector: none of the {len(pool)} candidate rows has a "
+                                 "counted token that matches the targets, so nothing can be "
+                                 "selected; check the rows' labels (-100 marks what does not count)")
             indices = result.indices if positions is None else [positions[i] for i in result.indices]
             if dist.is_available() and dist.is_initialized():
                 box = [indices]

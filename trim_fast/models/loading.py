@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trim_fast._notice import must_see
+
 log = logging.getLogger("trim_fast.models")
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
@@ -394,8 +396,8 @@ def _hub_access(what: str, repo: str, *, announce: bool = True):
         yield
         return
     if announce:
-        log.warning("using the network: fetching %s %r from %s (a hub id; pass a local directory "
-                    "to stay offline)", what, repo, constants.ENDPOINT)
+        must_see(log, "using the network: fetching %s %r from %s (a hub id; pass a local directory "
+                 "to stay offline)", what, repo, constants.ENDPOINT)
     limit = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or HUB_TIMEOUT_S)
     watch = _HubWatch(limit, HUB_NO_ANSWER_S)
     previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)

@@ -130,12 +130,13 @@ def _merged(peft_model) -> Iterator[None]:
     Each outermost tuner layer's base-layer parameters get a fresh clone as ``.data``; peft's own
     ``layer.merge()`` then writes into the clones (``weight.data += delta``, the exact operation
     ``merge_and_unload`` performs, so the merged values are the same bits). On exit every
-    parameter's ``.data`` is set back to the tensor it had, which nothing wrote to, and the
-    layer's ``merged_adapters`` list and variant caches (DoRA's weight norms) are restored.
+    parameter (the object, in its module's slot) gets back the tensor it had, which nothing wrote
+    to, and the layer's ``merged_adapters`` list and variant caches (DoRA's weight norms) are
+    restored.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    saved = []  # (layer, [(param, original data)], merged_adapters copy, caches copy)
+    saved = []  # (layer, [(module, name, param, original data)], merged_adapters, caches)
     outer: list[str] = []
     try:
         with torch.no_grad(), torch.inference_mode(False):
@@ -145,10 +146,13 @@ def _merged(peft_model) -> Iterator[None]:
                 outer.append(name)
                 if layer.disable_adapters:  # the forward uses the base weights alone
                     continue
-                params = list(layer.get_base_layer().parameters())
-                saved.append((layer, [(p, p.data) for p in params], list(layer.merged_adapters),
+                # (module, name, parameter, data): a merge may also replace the Parameter object
+                # itself (bitsandbytes 4/8-bit, torchao), so the slot is restored too
+                slots = [(m, n, p, p.data) for m in layer.get_base_layer().modules()
+                         for n, p in m._parameters.items() if p is not None]
+                saved.append((layer, slots, list(layer.merged_adapters),
                               dict(getattr(layer, "_caches", {}))))
-                for p in params:
+                for _, _, p, _ in slots:
                     p.data = p.data.clone()
                 with _no_peft_warnings():
                     layer.merge()
@@ -157,7 +161,8 @@ def _merged(peft_model) -> Iterator[None]:
         yield
     finally:
         for layer, originals, merged_adapters, caches in reversed(saved):
-            for p, data in originals:
+            for module, name, p, data in originals:
+                module._parameters[name] = p
                 p.data = data
             layer.merged_adapters[:] = merged_adapters
             if hasattr(layer, "_caches"):

@@ -76,13 +76,15 @@ class ForwardCache:
     def __len__(self) -> int:
         return len(self._hidden)
 
-    def bind(self, weights_digest: str) -> None:
-        """Tie the cache to one model's weights (on first use); refuse any other."""
+    def bind(self, identity: str) -> None:
+        """Tie the cache to one model's weights, dtype and device type (on first use); refuse
+        any other."""
         if self.weights is None:
-            self.weights = weights_digest
-        elif self.weights != weights_digest:
-            raise ValueError("this ForwardCache holds hidden states of other weights (digest "
-                             f"{self.weights}, this model's is {weights_digest}); use a new one")
+            self.weights = identity
+        elif self.weights != identity:
+            raise ValueError("this ForwardCache holds hidden states of other weights or another "
+                             f"dtype (weights digest, dtype, device: {self.weights}; this model: "
+                             f"{identity}); use a new one")
 
     def hidden(self, ids: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = hashlib.blake2b(ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode(),
