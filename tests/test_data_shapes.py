@@ -500,3 +500,17 @@ def test_openai_refusal_part_is_assistant_text():
     ex = _one({"messages": [{"role": "user", "content": "Do harm"}, {"role": "assistant", "content": [
         {"type": "refusal", "refusal": "I can't help with that."}]}]})
     assert ex.messages[1]["content"] == "I can't help with that."
+
+
+def test_openai_weight_zero_turn_is_not_a_response(smollm_tokenizer):
+    ex = _one({"messages": [{"role": "user", "content": "Q1"},
+                            {"role": "assistant", "content": "bad answer", "weight": 0},
+                            {"role": "user", "content": "Q2"},
+                            {"role": "assistant", "content": "good answer", "weight": 1}]})
+    text, spans = render_messages(smollm_tokenizer, ex.messages, "response")
+    assert [text[a:b] for a, b in spans] == ["good answer"]
+    text, spans = render_messages(smollm_tokenizer, ex.messages, "all")
+    assert "bad answer" in [text[a:b] for a, b in spans]
+    with pytest.raises(DataError, match="'weight' of turn 1 of 'messages' must be 0 or 1"):
+        _one({"messages": [{"role": "user", "content": "Q"},
+                           {"role": "assistant", "content": "A", "weight": 0.5}]})

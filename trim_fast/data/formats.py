@@ -357,6 +357,10 @@ def _chat_messages(turns: Any, where: str, key: str) -> list[dict[str, Any]]:
         for k in ("tool_call_id", "name"):  # a tool result's call id; a participant's name
             if isinstance(turn.get(k), str):
                 msg[k] = turn[k]
+        if role == "assistant" and turn.get("weight") is not None:  # OpenAI fine-tuning files
+            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
+                raise DataError(f"{where}: 'weight' of {what} must be 0 or 1, got {turn['weight']!r}")
+            msg["weight"] = int(turn["weight"])
         messages.append(msg)
     return messages
 

@@ -235,7 +235,8 @@ def _fill(templated: str, turns: list[_Turn], call_regions: list[tuple[int, int]
         out.append(templated[cursor:m.start()])
         length += m.start() - cursor
         for text, is_content in turns[i].parts:
-            if is_content and text and _role_counts(turns[i].role, scope):
+            if is_content and text and _role_counts(turns[i].role, scope) and not (
+                    scope == "response" and turns[i].message.get("weight") == 0):  # not trained on
                 spans.append((length, length + len(text)))
             out.append(text)
             length += len(text)
