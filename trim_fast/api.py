@@ -31,7 +31,7 @@ import torch
 from trim_fast.bank import FingerprintBank, settings_conflict
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
 from trim_fast.config import SelectionConfig
-from trim_fast.data import DataError, Records, open_records, task_names, tokenizer_digest
+from trim_fast.data import DataError, Records, open_records, open_tasks, tokenizer_digest
 from trim_fast.models.loading import weights_digest
 from trim_fast.models.prepare import forward_model, unwrap
 from trim_fast.run.distributed import DistContext
@@ -140,7 +140,7 @@ class Selector:
         ``"targets"``), or a mapping ``{task: records}``. ``pool``: the pool the banks are for;
         a method that centres (the default) takes the mean state of a seeded sample of it
         (``forward_cache``: reuse that sample's forward passes across calls)."""
-        tasks = _tasks(targets, task)
+        tasks = open_tasks(targets, task=task)
         ctx = self._dist()
         with forward_model(self.model) as base:
             info = self._model_info(base)
@@ -336,20 +336,6 @@ class Selector:
 
     def _dist(self) -> DistContext:
         return DistContext.current() if self.distributed else DistContext()
-
-
-def _tasks(targets: Any, task: str | None) -> dict[str, Records]:
-    if isinstance(targets, Mapping):
-        if task is not None:
-            raise ValueError("task= names a single task; a mapping already names its tasks")
-        if not targets:
-            raise ValueError("no target task given")
-        return {str(name): open_records(src) for name, src in targets.items()}
-    paths = [targets] if isinstance(targets, (str, os.PathLike)) else targets
-    if task is None and isinstance(paths, (list, tuple)) and paths and all(
-            isinstance(p, (str, os.PathLike)) for p in paths):  # as --targets: one task per path
-        return {name: open_records(os.fspath(src)) for name, src in zip(task_names(paths), paths)}
-    return {task or "targets": open_records(targets)}
 
 
 def _banks(banks: Any) -> dict[str, FingerprintBank]:

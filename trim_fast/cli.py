@@ -235,20 +235,19 @@ def _open(values: dict, key: str):
 
 def _target_tasks(values: dict) -> dict | None:
     """``{task: records}``, one task per --targets source, named after it; None: in-domain."""
-    from trim_fast.data import open_records, task_names
+    from trim_fast.data import open_tasks
 
     sources = values.get("targets") or []
     if not sources:
         return None
-    names = task_names(sources)
+    tasks = open_tasks(list(sources), split=values.get("split"), subset=values.get("subset"),
+                       format=values.get("format"))
     if values.get("layout") == "less":  # LESS writes OUT/<task>/: not over the run's own folders
-        taken = sorted(set(RUN_FOLDERS) & set(names))
+        taken = sorted(set(RUN_FOLDERS) & set(tasks))
         if taken:
             raise ValueError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
                              "folders of the run itself; rename the target file(s)")
-    return {name: open_records(src, split=values.get("split"), subset=values.get("subset"),
-                               format=values.get("format"))
-            for name, src in zip(names, sources)}
+    return tasks
 
 
 RUN_FOLDERS = ("work", "banks", "warmup_adapter", "warmup", "data")

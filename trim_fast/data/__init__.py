@@ -8,6 +8,7 @@ _EXPORTS = {
     "SCOPES": ".render", "Tokenized": ".render", "render_messages": ".render",
     "tokenize_example": ".render", "tokenizer_digest": ".render",
     "Records": ".sources", "open_records": ".sources", "task_names": ".sources",
+    "open_tasks": ".sources",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -32,7 +32,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from trim_fast._notice import must_see
 from trim_fast.data.formats import (
@@ -761,3 +761,22 @@ def task_names(sources) -> list[str]:
             name = f"{stem}-{n}"
         names.append(name)
     return names
+
+
+def open_tasks(targets: Any, *, task: str | None = None, **open_kw) -> dict[str, Records]:
+    """Target sources as ``{task: records}``: a mapping names its tasks; a path or a list of
+    paths is one task per path, named by :func:`task_names` (as ``--targets`` does); anything else
+    (records, a ``Dataset``) is one task, named ``task`` (default ``"targets"``). ``open_kw``:
+    :func:`open_records`' ``split``, ``subset`` and ``format``."""
+    if isinstance(targets, Mapping):
+        if task is not None:
+            raise ValueError("task= names a single task; a mapping already names its tasks")
+        if not targets:
+            raise ValueError("no target task given")
+        return {str(name): open_records(src, **open_kw) for name, src in targets.items()}
+    paths = [targets] if isinstance(targets, (str, os.PathLike)) else targets
+    if task is None and isinstance(paths, (list, tuple)) and paths and all(
+            isinstance(p, (str, os.PathLike)) for p in paths):
+        return {name: open_records(os.fspath(src), **open_kw)
+                for name, src in zip(task_names(paths), paths)}
+    return {task or "targets": open_records(targets, **open_kw)}

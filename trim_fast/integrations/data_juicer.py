@@ -51,7 +51,6 @@ shapes are read from the op's ``text_key`` column as plain text.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Dict, List, Optional, Union
 
 from trim_fast.integrations import selection_config
@@ -122,7 +121,7 @@ class TrimSelector(Selector):
 
     def process(self, dataset):
         from trim_fast import Selector as Trim
-        from trim_fast.data import detect_format, open_records, task_names
+        from trim_fast.data import detect_format, open_records, open_tasks
 
         if len(dataset) == 0:
             return dataset
@@ -131,15 +130,7 @@ class TrimSelector(Selector):
         if self.format is None and detect_format(first) is None and self.text_key in first:
             to_messages = lambda row, key=self.text_key: row[key]  # noqa: E731 - plain text
         pool = open_records(dataset, format=self.format, to_messages=to_messages)
-        targets = self.targets
-        if isinstance(targets, (str, os.PathLike)) or (isinstance(targets, (list, tuple)) and all(
-                isinstance(t, (str, os.PathLike)) for t in targets)):  # one task per path
-            paths = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
-            targets = dict(zip(task_names(paths), paths))
-        if isinstance(targets, dict):
-            targets = {t: open_records(src, split=self.split) for t, src in targets.items()}
-        elif targets is not None:
-            targets = open_records(targets, split=self.split)
+        targets = None if self.targets is None else open_tasks(self.targets, split=self.split)
         model, tokenizer = _model(self.model, self.adapter, self.device, self.dtype)
         result = Trim(model, tokenizer, self.config).select(pool, targets)
         scores = result.combined.tolist()
