@@ -295,9 +295,6 @@ class Selector:
         cfg = self.config
         if fraction is None and k is None:
             fraction, k = cfg.fraction, cfg.k
-        if k is not None and k > len(scores):
-            logger.warning("k=%d is more than the pool's %d examples: the whole pool is kept",
-                           k, len(scores))
         sel = choose(scores.score, combine=cfg.combine, fraction=fraction, k=k, rounding=rounding)
         if sel.unscored:
             logger.warning("%d pool example(s) had no scored token (score -inf, never selected)",

@@ -562,9 +562,6 @@ def cmd_pick(values: dict) -> int:
         values_c = [float("nan") if v is None else float(v) for v in table.column(c).to_pylist()]
         per_task[t, torch.tensor(index)] = torch.tensor(values_c, dtype=torch.float32)
     layout = values.get("layout", "trim")
-    if cfg.k is not None and cfg.k > len(ids):
-        logger.warning("k=%d is more than the pool's %d examples: the whole pool is kept", cfg.k,
-                       len(ids))
     choice = choose(per_task, combine=cfg.combine, fraction=cfg.fraction, k=cfg.k,
                     rounding="less" if layout == "less" else "half_up")
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),

@@ -3,6 +3,7 @@ scores, round ``k``, keep the top ``k`` with ties to the lower pool index. Vecto
 oracle's twins are :func:`trim_fast.reference.select_top_k` and ``combine_tasks``."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -11,6 +12,8 @@ from typing import Sequence
 import torch
 
 from trim_fast.config import COMBINE_MODES
+
+logger = logging.getLogger("trim_fast")
 
 
 def num_selected(pool_size: int, *, fraction: float | None = 0.05, k: int | None = None,
@@ -91,6 +94,9 @@ def choose(task_scores: torch.Tensor, *, combine: str = "max", fraction: float |
            k: int | None = None, rounding: str = "half_up") -> Selection:
     """SPEC 4 on ``[T, P]`` task scores: combine, round ``k``, keep the top ``k``."""
     combined = combine_tasks(task_scores, combine)
+    if k is not None and k > combined.shape[0]:
+        logger.warning("k=%d is more than the pool's %d examples: the whole pool is kept", k,
+                       combined.shape[0])
     k = num_selected(int(combined.shape[0]), fraction=fraction, k=k, rounding=rounding)
     unscored = (combined == float("-inf")).nonzero().squeeze(1).tolist()
     return Selection(select_top_k(combined, k).tolist(), combined, k, unscored)
