@@ -481,16 +481,25 @@ def _is_disk_dataset(path: str) -> bool:
             or os.path.isfile(os.path.join(path, "state.json")))
 
 
-def _file_reader(path: str) -> _Reader:
-    lower = path.lower()
+def file_kind(path: str) -> tuple[str, str | None] | None:
+    """``(reader kind, compression)`` of a data file by its name (``"jsonl"``, ``"json"`` or
+    ``"parquet"``), or ``None`` for a name of no supported type."""
+    lower = str(path).lower()
     # longest suffix first: ".jsonl.gz" before ".gz"-less ".jsonl"
     for suffix in sorted(_FILE_TYPES, key=len, reverse=True):
         if lower.endswith(suffix):
-            kind, compression = _FILE_TYPES[suffix]
-            if kind == "parquet":
-                return _ParquetFile(path)
-            return _JsonFile(path, kind, compression)
-    raise DataError(f"{path}: unknown file type; supported: {_supported()}")
+            return _FILE_TYPES[suffix]
+    return None
+
+
+def _file_reader(path: str) -> _Reader:
+    found = file_kind(path)
+    if found is None:
+        raise DataError(f"{path}: unknown file type; supported: {_supported()}")
+    kind, compression = found
+    if kind == "parquet":
+        return _ParquetFile(path)
+    return _JsonFile(path, kind, compression)
 
 
 def _path_readers(path: str, split: str | None) -> list[_Reader]:

@@ -148,8 +148,7 @@ def json_value(v, where: str, nonfinite: list | None = None):
         nonfinite.append(where)
         return None
     if isinstance(v, dict):
-        return {k: json_value(x, f"{where}: field {k!r}" if ": field" not in where else where,
-                              nonfinite) for k, x in v.items()}
+        return {k: json_value(x, where, nonfinite) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [json_value(x, where, nonfinite) for x in v]
     if isinstance(v, (bytes, bytearray)):
@@ -165,9 +164,9 @@ def json_value(v, where: str, nonfinite: list | None = None):
 
 
 def _read_from_json_text(ex: Example) -> bool:
-    name = str(ex.source).lower()
-    return any(name.endswith(sfx) for sfx in (".jsonl", ".json", ".jsonl.gz", ".json.gz",
-                                              ".jsonl.zst", ".json.zst"))
+    from trim_fast.data.sources import file_kind
+
+    return (file_kind(ex.source) or ("",))[0] in ("jsonl", "json")
 
 
 def records_table(selected: Sequence[Example]):
@@ -204,7 +203,8 @@ def write_coreset(selected: Sequence[Example], path: str, output_format: str = "
         with atomic_open(path) as f:
             for ex in selected:
                 keep = _read_from_json_text(ex)
-                rec = json_value(ex.raw, f"{ex.source}:{ex.line}", None if keep else nulled)
+                rec = {k: json_value(v, f"{ex.source}:{ex.line}: field {k!r}",
+                                     None if keep else nulled) for k, v in ex.raw.items()}
                 f.write(json.dumps(rec, ensure_ascii=False, allow_nan=keep) + "\n")
         if nulled:
             logger.warning("%d NaN or infinite value(s) written to the JSONL coreset as null, "
