@@ -124,7 +124,7 @@ def _adapter_source(adapter: str) -> _Source:
                                 "like 'org/name')")
     from huggingface_hub import snapshot_download
 
-    with _hub_access("adapter", adapter):
+    with bounded_hub_access("adapter", adapter):
         path = snapshot_download(adapter, allow_patterns=["adapter_config.json", "*.safetensors"])
     if not os.path.exists(os.path.join(path, "adapter_model.safetensors")):
         raise ValueError(f"--adapter {adapter}: the hub repository has no adapter_model.safetensors "
@@ -335,7 +335,7 @@ def _loading_inner(src: _Source, what: str, progress: bool):
             yield
             return
         try:
-            with _hub_access(what, src.path):
+            with bounded_hub_access(what, src.path):
                 yield
         except OSError as err:
             if "safetensors" not in str(err) or isinstance(err, ConnectionError):
@@ -376,18 +376,12 @@ class _HubNoAnswer(ConnectionError):
     pass
 
 
+@contextlib.contextmanager
 def bounded_hub_access(what: str, repo: str, *, announce: bool = True):
     """The network policy for any hub access (models here, datasets in ``trim_fast.data``): a
-    WARNING first (unless ``announce=False``), a time limit on every request, and no new request
-    once the hub has not answered for ``HUB_NO_ANSWER_S``; a silent hub ends in a
-    ``ConnectionError`` naming the endpoint."""
-    return _hub_access(what, repo, announce=announce)
-
-
-@contextlib.contextmanager
-def _hub_access(what: str, repo: str, *, announce: bool = True):
-    """Say that the network is about to be used and for what (``announce=False``: the caller
-    has said so), then bound every hub request made inside the block."""
+    WARNING first (``announce=False``: the caller has said so), a time limit on every request,
+    and no new request once the hub has not answered for ``HUB_NO_ANSWER_S``; a silent hub ends
+    in a ``ConnectionError`` naming the endpoint."""
     from huggingface_hub import constants, set_client_factory
     from huggingface_hub.utils import _http
 
