@@ -83,11 +83,16 @@ class SelectionResult:
         return ds.add_column(score_column, [float(self.combined[i]) for i in self.indices])
 
 
+def _dtype_and_device(base) -> tuple[str, str]:
+    """The forward's dtype (``"float32"``) and device type (``"cpu"``)."""
+    param = next(base.parameters())
+    return str(param.dtype).replace("torch.", ""), param.device.type
+
+
 def _forward_identity(base, info: dict) -> str:
     """What a cached forward depends on: the weights (digest, bf16-rounded), their dtype and
     the device type (the same weights in fp32 and bf16 give other hidden states)."""
-    param = next(base.parameters())
-    return f"{info['digest']} {str(param.dtype).replace('torch.', '')} {param.device.type}"
+    return " ".join((info["digest"], *_dtype_and_device(base)))
 
 
 class Selector:
@@ -205,10 +210,9 @@ class Selector:
             if forward_cache is not None:
                 forward_cache.bind(_forward_identity(base, info))
             self.check_banks(banks, info)
-            param = next(base.parameters())
+            dtype, device = _dtype_and_device(base)
             manifest = {"model": info, "tokenizer": tokenizer_digest(self.tokenizer),
-                        "dtype": str(param.dtype).replace("torch.", ""),
-                        "device": param.device.type,
+                        "dtype": dtype, "device": device,
                         # the targets, by content: a bank's vectors also depend on the pool
                         # sample that centres them, which an in-place edit may change
                         "targets": {t: b.meta.get("targets_digest") or b.digest()
@@ -246,9 +250,10 @@ class Selector:
                                  f"scores with {key}={getattr(self.config, key)!r}; use the same "
                                  f"{key}")
         centers = [b.center for b in banks.values()]
-        if (self.config.center == "pool") != (centers[0] is not None) or any(
-                (c is None) != (centers[0] is None) or (c is not None and not torch.equal(c, centers[0]))
-                for c in centers):
+        shared = centers[0]
+        same = all(torch.equal(c, shared) if c is not None and shared is not None else c is shared
+                   for c in centers)
+        if not same or (self.config.center == "pool") != (shared is not None):
             raise ValueError("the banks do not share one mean state (center): build the banks of "
                              "one run together, from one pool")
         vocab = len(self.tokenizer)
