@@ -1,7 +1,9 @@
 """What both labelled-pool generators (the demo pool and the hard pool) share: writing files so
-that a rerun leaves identical ones untouched, and drawing held-out examples of a family."""
+that a rerun leaves identical ones untouched, the pool's two files, held-out examples of a family,
+and the command line."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -42,3 +44,38 @@ def heldout_examples(make_example: Callable[[str, random.Random], tuple[str, str
         if len(out) == n:
             return out
     raise ValueError(f"could not make {n} new examples of {family!r}")
+
+
+def write_pool(out_dir: str, records: list[tuple[str, str, str]], id_prefix: str) -> list[str]:
+    """``(family, question, answer)`` records, alternately as chat ``messages`` in
+    ``pool_chat.jsonl`` and as Alpaca in ``pool_alpaca.jsonl`` (ids ``{id_prefix}-{i:06d}``);
+    the two paths."""
+    chat, alpaca = [], []
+    for i, (fam, q, a) in enumerate(records):
+        rid = f"{id_prefix}-{i:06d}"
+        if i % 2 == 0:
+            rec = {"id": rid, "family": fam,
+                   "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            chat.append(json.dumps(rec) + "\n")
+        else:
+            rec = {"id": rid, "family": fam, "instruction": q, "input": "", "output": a}
+            alpaca.append(json.dumps(rec) + "\n")
+    paths = [os.path.join(out_dir, "pool_chat.jsonl"), os.path.join(out_dir, "pool_alpaca.jsonl")]
+    for path, lines in zip(paths, (chat, alpaca)):
+        write_if_changed(path, "".join(lines))
+    return paths
+
+
+def main(argv, doc: str, generate: Callable[..., dict], size_flag: str, size_default: int) -> None:
+    """``python -m trim_fast.demo.<generator> OUT_DIR [SIZE_FLAG N] [--targets N] [--seed N]``:
+    write the files and print the manifest."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument(size_flag, type=int, default=size_default)
+    ap.add_argument("--targets", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = vars(ap.parse_args(argv))
+    size_kw = size_flag.lstrip("-").replace("-", "_")
+    manifest = generate(args["out_dir"], **{size_kw: args[size_kw]},
+                        targets_per_family=args["targets"], seed=args["seed"])
+    print(json.dumps(manifest, indent=2))

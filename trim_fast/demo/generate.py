@@ -10,7 +10,6 @@ different task). Every record carries a ``family`` field. Run as a script to wri
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
@@ -151,21 +150,8 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
         q, a = make_example(fam, rng)
         records.append((fam, q, a))
     rng.shuffle(records)
-    chat_path = os.path.join(out_dir, "pool_chat.jsonl")
-    alpaca_path = os.path.join(out_dir, "pool_alpaca.jsonl")
-    counts: dict[str, int] = {f: 0 for f in FAMILIES}
-    chat, alpaca = [], []
-    for i, (fam, q, a) in enumerate(records):
-        counts[fam] += 1
-        if i % 2 == 0:
-            rec = {"id": f"pool-{i:06d}", "family": fam,
-                   "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            chat.append(json.dumps(rec) + "\n")
-        else:
-            rec = {"id": f"pool-{i:06d}", "family": fam, "instruction": q, "input": "", "output": a}
-            alpaca.append(json.dumps(rec) + "\n")
-    common.write_if_changed(chat_path, "".join(chat))
-    common.write_if_changed(alpaca_path, "".join(alpaca))
+    counts = {f: sum(1 for fam, _, _ in records if fam == f) for f in FAMILIES}
+    pool_paths = common.write_pool(out_dir, records, "pool")
     pool_texts = {(q, a) for _, q, a in records}
     target_paths = {}
     trng = random.Random(seed + 1_000_003)
@@ -183,7 +169,7 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
                 break
         common.write_if_changed(path, "".join(lines))
         target_paths[fam] = path
-    return {"pool": [chat_path, alpaca_path], "targets": target_paths, "family_counts": counts}
+    return {"pool": pool_paths, "targets": target_paths, "family_counts": counts}
 
 
 def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
@@ -192,15 +178,7 @@ def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir")
-    ap.add_argument("--pool-size", type=int, default=1000)
-    ap.add_argument("--targets", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    manifest = generate(args.out_dir, pool_size=args.pool_size, targets_per_family=args.targets,
-                        seed=args.seed)
-    print(json.dumps(manifest, indent=2))
+    common.main(argv, __doc__, generate, "--pool-size", 1000)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ records, targets are chat records never equal to a pool example. Run as a script
 """
 from __future__ import annotations
 
-import argparse
 import codecs
 import functools
 import http
@@ -259,20 +258,7 @@ def generate(out_dir: str, *, per_family: int = 60, targets_per_family: int = 8,
     taken: set = set()
     records = [(fam, q, a) for fam in FAMILIES for q, a in _unique(fam, rng, per_family, taken)]
     rng.shuffle(records)
-    chat, alpaca = [], []
-    for i, (fam, q, a) in enumerate(records):
-        rid = f"hard-{i:06d}"
-        if i % 2 == 0:
-            rec = {"id": rid, "family": fam,
-                   "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            chat.append(json.dumps(rec) + "\n")
-        else:
-            rec = {"id": rid, "family": fam, "instruction": q, "input": "", "output": a}
-            alpaca.append(json.dumps(rec) + "\n")
-    chat_path = os.path.join(out_dir, "pool_chat.jsonl")
-    alpaca_path = os.path.join(out_dir, "pool_alpaca.jsonl")
-    common.write_if_changed(chat_path, "".join(chat))
-    common.write_if_changed(alpaca_path, "".join(alpaca))
+    pool_paths = common.write_pool(out_dir, records, "hard")
     target_paths = {}
     trng = random.Random(seed + 1_000_003)
     for fam in FAMILIES:
@@ -284,7 +270,7 @@ def generate(out_dir: str, *, per_family: int = 60, targets_per_family: int = 8,
         path = os.path.join(out_dir, "targets", f"{fam}.jsonl")
         common.write_if_changed(path, "".join(lines))
         target_paths[fam] = path
-    return {"pool": [chat_path, alpaca_path], "targets": target_paths,
+    return {"pool": pool_paths, "targets": target_paths,
             "family_counts": {f: per_family for f in FAMILIES}, "pairs": dict(PARTNER)}
 
 
@@ -294,15 +280,7 @@ def heldout_examples(family: str, n: int, *, seed: int, exclude=()) -> list:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir")
-    ap.add_argument("--per-family", type=int, default=60)
-    ap.add_argument("--targets", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    manifest = generate(args.out_dir, per_family=args.per_family, targets_per_family=args.targets,
-                        seed=args.seed)
-    print(json.dumps(manifest, indent=2))
+    common.main(argv, __doc__, generate, "--per-family", 60)
 
 
 if __name__ == "__main__":
