@@ -20,35 +20,19 @@ import torch
 from trim_fast.models import loading
 from trim_fast.models.loading import load_causal_lm, load_model, load_tokenizer, model_id, weights_digest
 from trim_fast.models.prepare import forward_model
+from lora import make_adapter
 
 IDS = torch.tensor([[1, 17, 230, 4051, 99, 12, 7, 2], [1, 5, 6, 7, 8, 9, 10, 11]])
 
 
-def _make_adapter(model_dir: str, out: str, seed: int, targets=("q_proj", "v_proj", "o_proj")) -> str:
-    """A LoRA adapter with random non-zero B (peft initialises B to zero), saved as safetensors."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft_model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    peft_model.save_pretrained(out)
-    assert os.path.exists(os.path.join(out, "adapter_model.safetensors"))
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tmp_path_factory):
-    return _make_adapter(tiny_model_dir, str(tmp_path_factory.mktemp("lora_a")), seed=1)
+    return make_adapter(tiny_model_dir, str(tmp_path_factory.mktemp("lora_a")), seed=1)
 
 
 @pytest.fixture(scope="module")
 def other_adapter_dir(tiny_model_dir, tmp_path_factory):
-    return _make_adapter(tiny_model_dir, str(tmp_path_factory.mktemp("lora_b")), seed=2)
+    return make_adapter(tiny_model_dir, str(tmp_path_factory.mktemp("lora_b")), seed=2)
 
 
 def _peft_model(model_dir, adapter):

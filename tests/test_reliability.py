@@ -26,6 +26,7 @@ import torch
 
 import trim_fast
 from trim_fast.cli import main
+from lora import make_adapter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(trim_fast.__file__)))
 VOCAB = 49152  # the SmolLM2 tokenizer the tiny models share
@@ -188,22 +189,6 @@ def _overwrite_weights(model_dir: str, seed: int) -> None:
     AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(model_dir)
 
 
-def _make_adapter(model_dir: str, out: str, seed: int) -> str:
-    """A LoRA adapter with non-zero B (peft starts B at zero), saved as safetensors."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(model_dir)
-    model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    model.save_pretrained(out)
-    return out
-
-
 # =============================================================================================
 # 1-5: wrong results or hangs
 # =============================================================================================
@@ -341,14 +326,14 @@ def test_2_another_spelling_reuses_every_shard(tmp_path, monkeypatch, capsys, ti
 
 def test_2_bank_of_an_overwritten_or_missing_adapter_is_refused(tmp_path, capsys, tiny_model_dir,
                                                                   pool, targets):
-    lora = _make_adapter(tiny_model_dir, str(tmp_path / "lora"), seed=1)
+    lora = make_adapter(tiny_model_dir, str(tmp_path / "lora"), seed=1)
     ok(capsys, "fingerprint", "--model", tiny_model_dir, "--adapter", lora, "--targets", targets,
        "--pool", pool, "--out", tmp_path / "fp", "--no-progress")
     score = ["score", "--bank", tmp_path / "fp" / "banks" / "arithmetic.safetensors", "--model",
              tiny_model_dir, "--pool", pool, "--no-progress", "--out", tmp_path / "sc"]
     ok(capsys, *score, "--adapter", lora)
     assert "weights digest" in refused(capsys, *score)  # without the adapter
-    _make_adapter(tiny_model_dir, lora, seed=2)  # other adapter weights, same directory
+    make_adapter(tiny_model_dir, lora, seed=2)  # other adapter weights, same directory
     assert "weights digest" in refused(capsys, *score, "--adapter", lora)
 
 
@@ -537,7 +522,7 @@ def test_missing_relative_model_or_adapter_is_no_such_directory_offline(
 
 def test_local_adapter_loads_without_network(tmp_path, capsys, no_network, tiny_model_dir, pool,
                                              targets):
-    lora = _make_adapter(tiny_model_dir, str(tmp_path / "lora"), seed=3)
+    lora = make_adapter(tiny_model_dir, str(tmp_path / "lora"), seed=3)
     ok(capsys, "select", "--model", tiny_model_dir, "--adapter", lora, "--pool", pool, "--targets",
        targets, "--out", tmp_path / "o", "--no-progress")
 
