@@ -848,3 +848,18 @@ def test_library_refuses_k_zero_like_the_cli(tiny_model_dir):
     selector.fingerprint = None  # refused before any forward: fingerprinting would fail otherwise
     with pytest.raises(ValueError, match="k must be >= 1"):
         selector.select(pool, pool[:1], k=0)
+
+
+def test_centring_without_the_pool_is_refused_before_any_model(tmp_path, capsys, monkeypatch,
+                                                               tiny_model_dir, targets):
+    from trim_fast import SelectionConfig, Selector
+
+    selector = Selector(tiny_model_dir)
+    with pytest.raises(ValueError, match="pass the pool"):
+        selector.fingerprint(targets)
+    Selector(tiny_model_dir, config=SelectionConfig(center="none")).fingerprint(targets)  # no pool needed
+    with monkeypatch.context() as m:
+        _refuse_loading(m)
+        text = refused(capsys, "fingerprint", "--model", tiny_model_dir, "--targets", targets,
+                       "--out", tmp_path / "fp")
+    assert "pass the pool" in text and "--center none" in text, text

@@ -83,6 +83,16 @@ class SelectionResult:
         return ds.add_column(score_column, [float(self.combined[i]) for i in self.indices])
 
 
+def require_center_pool(cfg: SelectionConfig, pool: Any) -> None:
+    """A method that centres (the default) takes its mean state from the pool the banks are for:
+    refuse fingerprinting without one (needs no model, so the CLI refuses before loading it)."""
+    if pool is None and cfg.resolved().center == "pool":
+        raise ValueError(f"method {cfg.method!r} centres hidden states by the mean state of a "
+                         "sample of the pool the banks are for: pass the pool (fingerprint(targets, "
+                         "pool=...); on the command line --pool), or set center='none' "
+                         "(--center none)")
+
+
 def _dtype_and_device(base) -> tuple[str, str]:
     """The forward's dtype (``"float32"``) and device type (``"cpu"``)."""
     param = next(base.parameters())
@@ -145,6 +155,7 @@ class Selector:
         ``"targets"``), or a mapping ``{task: records}``. ``pool``: the pool the banks are for;
         a method that centres (the default) takes the mean state of a seeded sample of it
         (``forward_cache``: reuse that sample's forward passes across calls)."""
+        require_center_pool(self.config, pool)
         tasks = open_tasks(targets, task=task)
         ctx = self._dist()
         with forward_model(self.model) as base:
@@ -163,10 +174,6 @@ class Selector:
     def _pool_center(self, base, pool: Any, forward_cache: ForwardCache | None) -> torch.Tensor:
         """The mean state of the counted tokens of ``center_sample`` pool examples (seeded)."""
         cfg = self.config
-        if pool is None:
-            raise ValueError(f"method {cfg.method!r} centres hidden states by the mean state of "
-                             "the pool: pass the pool (fingerprint(targets, pool=...); on the "
-                             "command line --pool), or set center='none'")
         records = open_records(pool)
         size = records.count()
         picks = sorted(random.Random(cfg.seed).sample(range(size), min(cfg.center_sample, size)))

@@ -442,6 +442,7 @@ def dry_run(values: dict, cfg: SelectionConfig, pool, tasks, size: int) -> int:
 
 
 def cmd_fingerprint(values: dict) -> int:
+    from trim_fast.api import require_center_pool
     from trim_fast.run import outputs
 
     _require(values, "out")
@@ -451,9 +452,7 @@ def cmd_fingerprint(values: dict) -> int:
     if tasks is None and pool is None:
         raise DataError("no --targets given and no --pool to sample in-domain targets from")
     _check_inputs(pool, tasks)
-    if pool is None and cfg.resolved().center == "pool":
-        raise ValueError(f"method {cfg.method!r} centres hidden states by the mean state of a "
-                         "sample of the pool the banks are for: pass --pool (or --center none)")
+    require_center_pool(cfg, pool)  # before the model loads
     out_dir = outputs.ensure_out_dir(values["out"])
     os.makedirs(os.path.join(out_dir, "banks"), exist_ok=True)
     sel = _selector(values, cfg)
