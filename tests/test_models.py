@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 
+from trim_fast import hub
 from trim_fast.models import loading
 from trim_fast.models.loading import load_causal_lm, load_model, load_tokenizer, model_id, weights_digest
 from trim_fast.models.prepare import forward_model
@@ -307,7 +308,7 @@ def test_hub_id_warns_before_any_request(monkeypatch, caplog, tiny_model_dir):
         raise OSError("connection refused (test)")
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(loading, "HUB_NO_ANSWER_S", 0.5)
+    monkeypatch.setattr(hub, "HUB_NO_ANSWER_S", 0.5)
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     caplog.set_level(logging.WARNING, logger="trim_fast.models")
@@ -327,8 +328,9 @@ def test_silent_hub_endpoint_fails_within_a_bound(silent_hub):
     script = textwrap.dedent("""
         import logging, time
         logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
+        import trim_fast.hub as H
         import trim_fast.models.loading as L
-        L.HUB_TIMEOUT_S, L.HUB_NO_ANSWER_S = 1.0, 3.0   # the defaults (10 s, 30 s) fail in ~35 s
+        H.HUB_TIMEOUT_S, H.HUB_NO_ANSWER_S = 1.0, 3.0   # the defaults (10 s, 30 s) fail in ~35 s
         t0 = time.monotonic()
         try:
             L.load_model("org/name", device="cpu")

@@ -435,8 +435,8 @@ def test_4_lone_surrogate_through_the_library(tiny_model_dir):
 
 _SILENT_HUB_CLI = textwrap.dedent("""
     import socket, sys, time
-    import trim_fast.models.loading as L
-    L.HUB_TIMEOUT_S, L.HUB_NO_ANSWER_S = 1.0, 3.0   # the defaults (10 s, 30 s) give up in ~35 s
+    import trim_fast.hub as H
+    H.HUB_TIMEOUT_S, H.HUB_NO_ANSWER_S = 1.0, 3.0   # the defaults (10 s, 30 s) give up in ~35 s
     _connect = socket.socket.connect
     def connect(self, address):
         sys.stderr.write(f"CONNECT {address}\\n")

@@ -30,7 +30,7 @@ import torch
 
 from trim_fast.bank import FingerprintBank, settings_conflict
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
-from trim_fast.config import SelectionConfig
+from trim_fast.config import SHARED_WITH_POOL, SelectionConfig
 from trim_fast.data import DataError, Records, open_records, open_tasks, tokenizer_digest
 from trim_fast.models.loading import weights_digest
 from trim_fast.models.prepare import forward_model, unwrap
@@ -43,9 +43,6 @@ from trim_fast.selection import Selection, choose, num_selected
 
 logger = logging.getLogger("trim_fast")
 
-# Settings a bank and the pool's scoring must share: the bank was built to be compared with
-# hidden states of that method and centring, and token counts of that scope and length.
-SHARED_WITH_POOL = ("method", "scope", "max_length", "center")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig, as_dict
+from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig, as_dict, stage_fields
 from trim_fast.data import DataError
 from trim_fast.flags import add_settings, build_settings
 
@@ -95,24 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fingerprint", help="targets -> bank files (OUT/banks/<task>.safetensors)")
     _run_args(p, pool="optional", targets=True)
     add_settings(p, ModelConfig)
-    add_settings(p, SelectionConfig, exclude=("fallback", "fallback_penalty", "idf", "w_mean",
-                                              "w_max", "w_coverage", "fraction", "k", "combine",
-                                              "chunk_size"))  # --pool: in-domain targets, center
+    add_settings(p, SelectionConfig, only=stage_fields("fingerprint"))  # --pool: targets, center
 
     p = sub.add_parser("score", help="bank files + pool -> score table (the banks' settings apply)")
     _run_args(p)
     p.add_argument("--bank", action="append", default=argparse.SUPPRESS, metavar="FILE",
                    help="bank file (repeatable)")
     add_settings(p, ModelConfig)
-    add_settings(p, SelectionConfig, exclude=("layers", "w_row", "w_col", "saliency",
-                                              "target_sample", "center_sample", "fraction", "k"))
+    add_settings(p, SelectionConfig, only=stage_fields("score"))
 
     p = sub.add_parser("pick", help="score table + pool -> coreset")
     _run_args(p)
     _output_args(p)
     p.add_argument("--scores", default=argparse.SUPPRESS,
                    help="scores.parquet written by 'score' or 'select'")
-    add_settings(p, SelectionConfig, only=("fraction", "k", "combine"))
+    add_settings(p, SelectionConfig, only=stage_fields("pick"))
 
     p = sub.add_parser("warmup", help="train a LoRA warmup adapter on a seeded pool subset")
     _run_args(p)

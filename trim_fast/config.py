@@ -9,8 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from trim_fast.data.render import SCOPES
-from trim_fast.types import FALLBACKS
+from trim_fast.types import FALLBACKS, SCOPES
 
 METHODS = ("matched", "paper")
 CENTERS = ("pool", "none")
@@ -27,10 +26,22 @@ COMBINE_MODES = ("max", "mean")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
+# The stages of a run, named as the CLI names its commands (Selector: fingerprint, score, choose).
+STAGES = ("fingerprint", "score", "pick")
+
+
 def setting(default: Any, help: str, *, choices: tuple | None = None, flag: str | None = None,
-            metavar: str | None = None) -> Any:
-    """A dataclass field with the help text (and choices) the CLI shows for it."""
-    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar}
+            metavar: str | None = None, stages: tuple[str, ...] = (),
+            keyed: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with the help text (and choices) the CLI shows for it. ``stages``: the
+    stages that read it (their commands take its flag); ``keyed``: those among them whose output
+    records it and is refused when it differs (a bank's header, the score shards' identity)."""
+    unknown = set(stages) - set(STAGES) or set(keyed) - set(stages)
+    if unknown:
+        raise ValueError(f"setting {help[:40]!r}: stages {sorted(unknown)} are not among its "
+                         f"stages or {STAGES}")
+    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar,
+            "stages": tuple(stages), "keyed": tuple(keyed)}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,38 +62,54 @@ class SelectionConfig:
     method: str = setting("matched", "scoring method: 'matched' (the default: tokens with a "
                           "fingerprint only, centred states) or 'paper' (TRIM exactly as "
                           "docs/SPEC.md sections 1-4 define it); it sets the knobs left unset",
-                          choices=METHODS)
-    layers: int = setting(6, "last L attention layers whose saliency weights the fingerprints")
-    w_row: float = setting(0.5, "weight of row saliency Q (how sharply a token attends)")
-    w_col: float = setting(0.5, "weight of column saliency K (how much attention a token gets)")
-    scope: str = setting("all", "whose message content counts", choices=SCOPES)
+                          choices=METHODS,
+                          stages=("fingerprint", "score"), keyed=("fingerprint", "score"))
+    layers: int = setting(6, "last L attention layers whose saliency weights the fingerprints",
+                          stages=("fingerprint",), keyed=("fingerprint",))
+    w_row: float = setting(0.5, "weight of row saliency Q (how sharply a token attends)",
+                           stages=("fingerprint",), keyed=("fingerprint",))
+    w_col: float = setting(0.5, "weight of column saliency K (how much attention a token gets)",
+                           stages=("fingerprint",), keyed=("fingerprint",))
+    scope: str = setting("all", "whose message content counts", choices=SCOPES,
+                         stages=("fingerprint", "score"), keyed=("fingerprint", "score"))
     saliency: str = setting("auto", "attention-saliency kernel; 'eager' materialises attention "
-                            "with output_attentions (slow, for checks)", choices=SALIENCY_BACKENDS)
+                            "with output_attentions (slow, for checks)", choices=SALIENCY_BACKENDS,
+                            stages=("fingerprint",))
     fallback: str | None = setting(None, "score of a token without a fingerprint (the method's: "
-                                   "paper nearest, matched skip)", choices=FALLBACKS)
-    fallback_penalty: float = setting(0.9, "lambda of the nearest fallback: (1 - lambda) * max cos")
+                                   "paper nearest, matched skip)", choices=FALLBACKS,
+                                   stages=("score",), keyed=("score",))
+    fallback_penalty: float = setting(0.9, "lambda of the nearest fallback: (1 - lambda) * max cos",
+                                      stages=("score",), keyed=("score",))
     idf: str | None = setting(None, "token weights: idf over the pool, or none (the method's: "
-                              "paper pool, matched none)", choices=IDF_MODES)
-    w_mean: float = setting(0.5, "weight of the idf-weighted mean token score")
-    w_max: float = setting(0.5, "weight of the best token score")
+                              "paper pool, matched none)", choices=IDF_MODES,
+                              stages=("score",), keyed=("score",))
+    w_mean: float = setting(0.5, "weight of the idf-weighted mean token score",
+                            stages=("score",), keyed=("score",))
+    w_max: float = setting(0.5, "weight of the best token score",
+                           stages=("score",), keyed=("score",))
     w_coverage: float | None = setting(None, "weight of the share of scored tokens that have a "
-                                       "fingerprint (the method's: paper 0.05, matched 0)")
+                                       "fingerprint (the method's: paper 0.05, matched 0)",
+                                       stages=("score",), keyed=("score",))
     center: str | None = setting(None, "subtract the pool's mean state from every hidden state "
                                  "before comparing (the method's: paper none, matched pool)",
-                                 choices=CENTERS)
+                                 choices=CENTERS,
+                                 stages=("fingerprint", "score"), keyed=("fingerprint", "score"))
     center_sample: int = setting(128, "pool examples (a seeded sample) whose counted tokens give "
-                                 "the mean state")
-    fraction: float = setting(0.05, "keep round(fraction * |pool|) examples")
-    k: int | None = setting(None, "keep exactly k examples (instead of --fraction)")
+                                 "the mean state", stages=("fingerprint",), keyed=("fingerprint",))
+    fraction: float = setting(0.05, "keep round(fraction * |pool|) examples", stages=("pick",))
+    k: int | None = setting(None, "keep exactly k examples (instead of --fraction)",
+                            stages=("pick",))
     combine: str = setting("max", "how the scores of several target tasks combine",
-                           choices=COMBINE_MODES)
+                           choices=COMBINE_MODES, stages=("score", "pick"))
     target_sample: int = setting(100, "without targets: how many pool examples (seeded) become "
-                                 "the targets (in-domain mode)")
-    max_length: int = setting(2048, "longer examples are truncated (counted and reported)")
-    max_tokens: int = setting(8192, "token budget of one forward batch (padded B x N)")
+                                 "the targets (in-domain mode)", stages=("fingerprint",))
+    max_length: int = setting(2048, "longer examples are truncated (counted and reported)",
+                              stages=("fingerprint", "score"), keyed=("fingerprint", "score"))
+    max_tokens: int = setting(8192, "token budget of one forward batch (padded B x N)",
+                              stages=("fingerprint", "score"), keyed=("score",))
     chunk_size: int = setting(4096, "pool examples per resumable shard and per unit of work "
-                              "across ranks")
-    seed: int = setting(0, "seed of every sampled subset")
+                              "across ranks", stages=("score",), keyed=("score",))
+    seed: int = setting(0, "seed of every sampled subset", stages=("fingerprint", "score"))
 
     def __post_init__(self):
         _check_choices(self)
@@ -128,10 +155,20 @@ class SelectionConfig:
         return {k: getattr(cfg, k) for k in SCORING_FIELDS}
 
 
-BANK_FIELDS = ("method", "layers", "w_row", "w_col", "scope", "max_length", "center",
-               "center_sample")
-SCORING_FIELDS = ("method", "scope", "max_length", "max_tokens", "fallback", "fallback_penalty",
-                  "idf", "w_mean", "w_max", "w_coverage", "center", "chunk_size")
+def stage_fields(stage: str, *, keyed: bool = False, cls=None) -> tuple[str, ...]:
+    """The settings (of ``cls``, default :class:`SelectionConfig`) that ``stage`` reads, or with
+    ``keyed`` those its output records; from each field's ``stages``/``keyed`` metadata."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return tuple(f.name for f in dataclasses.fields(cls or SelectionConfig)
+                 if stage in f.metadata.get("keyed" if keyed else "stages", ()))
+
+
+BANK_FIELDS = stage_fields("fingerprint", keyed=True)
+SCORING_FIELDS = stage_fields("score", keyed=True)
+# What a bank and the pool's scoring must share (both record it): the bank was built to be
+# compared with hidden states of that method and centring, and token counts of that scope and length.
+SHARED_WITH_POOL = tuple(k for k in BANK_FIELDS if k in SCORING_FIELDS)
 
 
 @dataclass
@@ -204,4 +241,5 @@ def as_dict(cfg) -> dict:
 
 
 __all__ = ["SelectionConfig", "ModelConfig", "WarmupConfig", "METHODS", "METHOD_DEFAULTS", "SCOPES",
-           "SALIENCY_BACKENDS", "BANK_FIELDS", "SCORING_FIELDS", "as_dict", "setting"]
+           "SALIENCY_BACKENDS", "BANK_FIELDS", "SCORING_FIELDS", "SHARED_WITH_POOL", "STAGES",
+           "as_dict", "setting", "stage_fields"]

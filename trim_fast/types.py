@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 FALLBACKS = ("nearest", "zero", "skip")
+# whose message content counts (SPEC 0); config, rendering and the plug-ins read it from here
+SCOPES = ("all", "response", "prompt")
 
 
 @dataclass

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trim_fast.data.formats import DataError, Example
+from trim_fast.types import SCOPES
 
-SCOPES = ("all", "response", "prompt")
 _SENTINEL = "\u2063TRIMFAST{}\u2063"  # invisible separator: never in real text by accident
 _SENTINEL_RE = re.compile("\u2063TRIMFAST(\\d+)\u2063")
 _CALL_NAME = "\u2063TRIMCALL{}\u2063"  # stands for a tool call's name when probing the template

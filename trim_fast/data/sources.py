@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from trim_fast._notice import must_see
+from trim_fast.hub import is_hub_id
 from trim_fast.data.formats import (
     CUSTOM_FORMAT, FORMATS, DataError, Example, ToMessages, detect_format, line_digest,
     matching_formats, record_to_example, unknown_format_message)
@@ -48,10 +49,6 @@ _FILE_TYPES = {
     ".jsonl.zst": ("jsonl", "zstd"), ".json.zst": ("json", "zstd"),
 }
 SUPPORTED_FILES = tuple(_FILE_TYPES)
-# extensions that make a missing name a missing file rather than a hub id
-_PATH_EXTENSIONS = {".jsonl", ".json", ".parquet", ".gz", ".zst", ".csv", ".tsv", ".txt",
-                    ".arrow", ".ndjson", ".pq", ".bz2", ".xz", ".zip", ".tar"}
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 _MAGIC = {b"\x1f\x8b": ("gzip-compressed", ".gz"), b"\x28\xb5\x2f\xfd": ("zstd-compressed", ".zst"),
           b"PAR1": ("a Parquet file", None)}
 _BOM = b"\xef\xbb\xbf"
@@ -363,8 +360,7 @@ class _HubDataset(_Reader):
         return {"kind": self.kind, "name": self.name, "split": self.split, "subset": self.subset}
 
     def rows(self):
-        # the network policy (time limits, giving up on a silent hub) is the model loader's
-        from trim_fast.models.loading import bounded_hub_access
+        from trim_fast.hub import bounded_hub_access
 
         with bounded_hub_access("dataset", self.name, announce=False):
             yield from self._rows()
@@ -466,16 +462,6 @@ def _dataset_name(ds) -> str:
             or "dataset")
 
 
-def _looks_like_path(name: str) -> bool:
-    if name.startswith(("./", "../", "/", "~", ".\\", "..\\")) or name in (".", ".."):
-        return True
-    lower = name.lower()
-    if any(lower.endswith(ext) for ext in _PATH_EXTENSIONS):
-        return True
-    first = name.split("/", 1)[0]
-    return "/" in name and os.path.isdir(first)
-
-
 def _is_disk_dataset(path: str) -> bool:
     return (os.path.isfile(os.path.join(path, "dataset_dict.json"))
             or os.path.isfile(os.path.join(path, "state.json")))
@@ -527,7 +513,7 @@ def _string_readers(name: str, split: str | None,
         for m in matches:
             readers += _path_readers(m, split)
         return readers, name
-    if _looks_like_path(name) or not _HUB_ID.fullmatch(name):
+    if not is_hub_id(name):
         raise DataError(f"{name}: no such file or directory")
     return [_HubDataset(name, split, subset)], None
 

