@@ -11,6 +11,8 @@ a test fails rather than install anything into the running environment.
 import importlib
 import json
 import os
+import pathlib
+import re
 import sys
 
 import pyarrow.parquet as pq
@@ -365,11 +367,13 @@ def test_data_juicer_recipe_runs_the_operator(tmp_path, monkeypatch, dj, dj_cli,
                  "EXTRACTED_DATASETS_PATH"):
         monkeypatch.setattr(config, name, getattr(config, name))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "project_name": "trim", "dataset_path": pool, "text_keys": "messages", "np": 1,
-        "ds_cache_dir": str(tmp_path / "hf_cache"),
-        "export_path": str(tmp_path / "out" / "result.jsonl"),
-        "process": [{"trim_selector": {"targets": target, "model": tiny_model_dir, "k": K}}]}))
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    steps = yaml.safe_load(re.search(r"```yaml\n(dataset_path.*?)```", readme, re.S).group(1))
+    steps.update({"project_name": "trim", "dataset_path": pool, "np": 1,  # README's recipe, here
+                  "ds_cache_dir": str(tmp_path / "hf_cache"),
+                  "export_path": str(tmp_path / "out" / "result.jsonl"),
+                  "process": [{"trim_selector": {"targets": target, "model": tiny_model_dir, "k": K}}]})
+    recipe.write_text(yaml.safe_dump(steps))
     DefaultExecutor(init_configs(args=["--config", str(recipe)])).run()
     assert config.HF_DATASETS_CACHE == tmp_path / "hf_cache"  # (put back at teardown)
     import datasets

@@ -19,6 +19,7 @@ import time
 
 from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig, as_dict, stage_fields
 from trim_fast.data import DataError
+from trim_fast.extras import require_extra
 from trim_fast.flags import add_settings, build_settings
 
 logger = logging.getLogger("trim_fast")
@@ -650,6 +651,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet, args.verbose)
     try:
+        require_extra("cli", "the trim-fast command")
         return COMMANDS[args.command](_values(args))
     except (DataError, ValueError, OSError, RuntimeError) as exc:
         print(f"trim-fast {args.command}: error: {exc}", file=sys.stderr)

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+from trim_fast.extras import require
+
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -29,7 +31,7 @@ def bm25_scores(pool_texts: Sequence[str], query_texts: Sequence[str], *, k1: fl
     ``ln(1 + (N - df + 0.5) / (df + 0.5))``: the ``bm25s`` library, in float64, on our own word
     tokens. ``bm25s`` leaves out the constant ``k1 + 1`` of the term weight; it is put back so
     the numbers are the textbook formula's."""
-    import bm25s
+    bm25s = require("bm25s", "bm25", "the BM25 baseline")
     import numpy as np
 
     index = bm25s.BM25(k1=k1, b=b, method="lucene", dtype="float64")

@@ -26,6 +26,7 @@ from trim_fast.api import Selector
 from trim_fast.batching import pad_batch
 from trim_fast.data import Example, Records, tokenize_example
 from trim_fast.evaluation.metrics import bm25_scores, precision_recall, random_selections
+from trim_fast.extras import require
 from trim_fast.models.prepare import forward_model
 from trim_fast.config import SelectionConfig
 from trim_fast.scoring.engine import ForwardCache, iter_chunks, tokenize_chunk
@@ -289,7 +290,7 @@ def format_markdown(result: dict, downstream: dict | None = None, title: str = "
 
 
 def write_plot(result: dict, path: str) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "quality.png")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -48,7 +48,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return "faiss-gpu" if faiss_has_gpu() else "torch"
         return "faiss-cpu" if _faiss() is not None else "torch"
     if backend == "faiss-cpu" and _faiss() is None:
-        raise RuntimeError("index backend 'faiss-cpu' needs the faiss package (faiss-cpu)")
+        raise RuntimeError("index backend 'faiss-cpu' needs the faiss package: "
+                           "pip install 'trim-fast[faiss]'")
     if backend == "faiss-gpu" and not faiss_has_gpu():
         raise RuntimeError("index backend 'faiss-gpu' needs faiss with GPU support and a visible "
                            "GPU; use 'torch' for an exact search on the GPU")

@@ -16,6 +16,7 @@ import tempfile
 from typing import Sequence
 
 from trim_fast.data import DataError, Example
+from trim_fast.extras import require
 from trim_fast.run.files import atomic_open
 
 logger = logging.getLogger("trim_fast")
@@ -321,7 +322,7 @@ def _bins(values: list, n: int = 40) -> list[float]:
 def write_report(cols: dict[str, list], path: str, title: str = "trim-fast selection",
                  loss_curves: dict | None = None) -> None:
     """Score distribution, token lengths of pool vs selection, and each source's share."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "report.png")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
