@@ -240,7 +240,7 @@ def test_meta_must_be_json():
 
 def test_class_sums_matmul_path_equals_index_add():
     """The deterministic one-hot path (used on CUDA) sums the same as index_add_."""
-    from trim_fast import bank as fingerprints
+    from trim_fast.bank import fingerprints
 
     hidden, ids, alpha = target_tokens(14, m=700, vocab=40)
     rows = torch.cat([hidden.double(), alpha.double()[:, None]], dim=1)
