@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import re
 import warnings
 from dataclasses import dataclass
 
