@@ -31,7 +31,8 @@ import torch
 from trim_fast.bank import FingerprintBank, settings_conflict
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
 from trim_fast.config import SelectionConfig
-from trim_fast.data import DataError, Records, open_records, open_tasks, tokenizer_digest
+from trim_fast.errors import BankMismatchError, ConfigError, DataError
+from trim_fast.data import Records, open_records, open_tasks, tokenizer_digest
 from trim_fast.models.loading import weights_digest
 from trim_fast.models.prepare import forward_model, unwrap
 from trim_fast.run.distributed import DistContext
@@ -87,7 +88,7 @@ def require_center_pool(cfg: SelectionConfig, pool: Any) -> None:
     """A method that centres (the default) takes its mean state from the pool the banks are for:
     refuse fingerprinting without one (needs no model, so the CLI refuses before loading it)."""
     if pool is None and cfg.resolved().center == "pool":
-        raise ValueError(f"method {cfg.method!r} centres hidden states by the mean state of a "
+        raise ConfigError(f"method {cfg.method!r} centres hidden states by the mean state of a "
                          "sample of the pool the banks are for: pass the pool (fingerprint(targets, "
                          "pool=...); on the command line --pool), or set center='none' "
                          "(--center none)")
@@ -127,7 +128,7 @@ class Selector:
                 raise TypeError("Selector: a loaded model needs its tokenizer too: "
                                 "Selector(model, tokenizer)")
             if adapter is not None or device is not None or dtype != "auto":
-                raise ValueError("Selector: adapter, device and dtype apply to a model loaded "
+                raise ConfigError("Selector: adapter, device and dtype apply to a model loaded "
                                  "here; merge, move or cast a loaded model yourself")
             self.model = model
             inner = unwrap(model)  # DDP / accelerate: the name of the model inside
@@ -246,14 +247,14 @@ class Selector:
         tokenizer, with settings that differ among them or from this config's, or holding a
         token id outside the vocabulary."""
         if not banks:
-            raise ValueError("no fingerprint bank given")
+            raise BankMismatchError("no fingerprint bank given")
         conflict = settings_conflict(banks)
         if conflict:
-            raise ValueError(conflict)
+            raise BankMismatchError(conflict)
         first = next(iter(banks.values())).meta["settings"]
         for key in SHARED_WITH_POOL:
             if first.get(key) != getattr(self.config, key):
-                raise ValueError(f"the banks were built with {key}={first.get(key)!r}, this run "
+                raise BankMismatchError(f"the banks were built with {key}={first.get(key)!r}, this run "
                                  f"scores with {key}={getattr(self.config, key)!r}; use the same "
                                  f"{key}")
         centers = [b.center for b in banks.values()]
@@ -261,23 +262,23 @@ class Selector:
         same = all(torch.equal(c, shared) if c is not None and shared is not None else c is shared
                    for c in centers)
         if not same or (self.config.center == "pool") != (shared is not None):
-            raise ValueError("the banks do not share one mean state (center): build the banks of "
+            raise BankMismatchError("the banks do not share one mean state (center): build the banks of "
                              "one run together, from one pool")
         vocab = len(self.tokenizer)
         digest = tokenizer_digest(self.tokenizer)
         for name, bank in banks.items():
             if bank.meta.get("tokenizer_digest") != digest:
-                raise ValueError(f"bank {name!r} was built with another tokenizer "
+                raise BankMismatchError(f"bank {name!r} was built with another tokenizer "
                                  f"(digest {bank.meta.get('tokenizer_digest')!r}, this run's is "
                                  f"{digest!r}); rebuild it with this model's tokenizer")
             top = int(bank.classes.max())
             if top >= vocab:
-                raise ValueError(f"bank {name!r} holds token id {top}, outside the tokenizer's "
+                raise BankMismatchError(f"bank {name!r} holds token id {top}, outside the tokenizer's "
                                  f"vocabulary of {vocab}")
             if info is not None:
                 built = bank.meta.get("model") or {}
                 if built.get("digest") != info["digest"]:
-                    raise ValueError(
+                    raise BankMismatchError(
                         f"bank {name!r} was built with model {built.get('name')!r} (weights "
                         f"digest {built.get('digest')!r}); this run's model {info['name']!r} has "
                         f"weights digest {info['digest']!r}. Its fingerprints do not fit these "
@@ -360,7 +361,7 @@ def _banks(banks: Any) -> dict[str, FingerprintBank]:
             bank = FingerprintBank.load(b) if isinstance(b, (str, os.PathLike)) else b
             name = bank.meta.get("task") or f"task{len(out)}"
             if name in out:
-                raise ValueError(f"two banks are named {name!r}; pass a mapping {{task: bank}}")
+                raise BankMismatchError(f"two banks are named {name!r}; pass a mapping {{task: bank}}")
             out[name] = bank
     for name, bank in out.items():
         if not isinstance(bank, FingerprintBank):

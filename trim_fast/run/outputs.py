@@ -16,6 +16,7 @@ import tempfile
 from typing import Sequence
 
 from trim_fast.data import DataError, Example
+from trim_fast.errors import ConfigError, RunDirectoryError
 from trim_fast.run.files import atomic_open
 
 logger = logging.getLogger("trim_fast")
@@ -31,7 +32,7 @@ def ensure_out_dir(path: str) -> str:
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
         probe.close()
     except OSError as exc:
-        raise OSError(f"--out {path}: not writable ({exc.strerror or exc})") from exc
+        raise RunDirectoryError(f"--out {path}: not writable ({exc.strerror or exc})") from exc
     return path
 
 
@@ -47,7 +48,7 @@ def resolve_output_format(output_format: str, examples_sources: Sequence[str]) -
     """``auto``: Parquet when every pool source is a Parquet file (Parquet in, Parquet out),
     else JSONL."""
     if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        raise ConfigError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     if output_format != "auto":
         return output_format
     parquet = [str(s).lower().endswith(".parquet") for s in examples_sources]
@@ -100,7 +101,7 @@ def write_table(cols: dict[str, list], out_dir: str) -> None:
     import pyarrow.parquet as pq
 
     if not cols["rank"]:
-        raise ValueError("no rows to write: the pool is empty")
+        raise DataError("no rows to write: the pool is empty")
     with atomic_open(os.path.join(out_dir, "scores.parquet"), "wb") as f:
         pq.write_table(pa.table(cols), f)
     with atomic_open(os.path.join(out_dir, "sorted.csv")) as f:
@@ -241,7 +242,7 @@ def write_coreset(selected: Sequence[Example], path: str, output_format: str = "
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
         return
-    raise ValueError(f"output format must be one of {OUTPUT_FORMATS[1:]}, got {output_format!r}")
+    raise ConfigError(f"output format must be one of {OUTPUT_FORMATS[1:]}, got {output_format!r}")
 
 
 def _source_schema(selected: Sequence[Example]):

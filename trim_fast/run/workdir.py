@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from trim_fast.errors import RunDirectoryError
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.files import atomic_open, save_safetensors_atomic
 
@@ -110,17 +111,17 @@ class WorkDir:
                 with open(self.manifest, encoding="utf-8") as f:
                     old = json.load(f)
             except (OSError, ValueError) as exc:
-                raise RuntimeError(f"{self.manifest}: unreadable run manifest ({exc}); delete "
+                raise RunDirectoryError(f"{self.manifest}: unreadable run manifest ({exc}); delete "
                                    "that directory or use a new --out") from None
             if not isinstance(old, dict):
-                raise RuntimeError(f"{self.manifest}: not a run manifest; delete that directory "
+                raise RunDirectoryError(f"{self.manifest}: not a run manifest; delete that directory "
                                    "or use a new --out")
             mine, theirs = run_identity(manifest), run_identity(old)
             if mine != theirs:
                 changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
                 details = "; ".join(f"different {k}: {_difference(k, old.get(k), manifest.get(k))}"
                                     for k in changed)
-                raise RuntimeError(f"{self.root} holds another run ({details}); refusing to mix "
+                raise RunDirectoryError(f"{self.root} holds another run ({details}); refusing to mix "
                                    "results. Use a new --out, or delete that directory")
             return
         with atomic_open(self.manifest) as f:
