@@ -94,6 +94,34 @@ def require_center_pool(cfg: SelectionConfig, pool: Any) -> None:
                          "(--center none)")
 
 
+def check_settings(cfg: SelectionConfig) -> SelectionConfig:
+    """Settings that would fail, or select by nothing, only once the model has run: refused
+    before it loads (the CLI calls this right after parsing the flags)."""
+    if isinstance(cfg.k, bool) or not isinstance(cfg.k, (int, type(None))):
+        raise ConfigError(f"k must be a whole number, got {cfg.k!r}")
+    if isinstance(cfg.layers, bool) or not isinstance(cfg.layers, int):
+        raise ConfigError(f"layers must be a whole number, got {cfg.layers!r}")
+    if cfg.w_row == 0 and cfg.w_col == 0:
+        raise ConfigError("w_row and w_col are both 0: every token's saliency would be 0 and no "
+                          "fingerprint would have weight; give one of them a positive weight")
+    if cfg.w_mean == 0 and cfg.w_max == 0 and not cfg.w_coverage:
+        raise ConfigError("w_mean, w_max and w_coverage are all 0: every example would score 0 "
+                          "and the selection would be by pool position; give one a positive weight")
+    return cfg
+
+
+def _clip_layers(cfg: SelectionConfig, model) -> SelectionConfig:
+    """``layers`` above the model's layer count: the model's count, with a warning, and that is
+    the value recorded (banks, summary), not the one asked for."""
+    n = getattr(getattr(unwrap(model), "config", None), "num_hidden_layers", None)
+    if isinstance(n, int) and n > 0 and cfg.layers > n:
+        asked = cfg.layers != SelectionConfig.layers  # the default on a small model is no news
+        (logger.warning if asked else logger.info)(
+            "layers=%d but the model has %d layers: using all %d", cfg.layers, n, n)
+        return cfg.replace(layers=n)
+    return cfg
+
+
 def _dtype_and_device(base) -> tuple[str, str]:
     """The forward's dtype (``"float32"``) and device type (``"cpu"``)."""
     param = next(base.parameters())
@@ -119,7 +147,7 @@ class Selector:
                  config: SelectionConfig | None = None, *, adapter: str | None = None,
                  device: str | None = None, dtype: str = "auto", progress: bool = False,
                  distributed: bool = True):
-        self.config = (config or SelectionConfig()).resolved()
+        self.config = check_settings((config or SelectionConfig()).resolved())
         self.progress = progress
         self.distributed = distributed
         self._pin, self._pinned_info = False, None  # see _one_weights_digest
@@ -145,6 +173,10 @@ class Selector:
         else:
             raise TypeError(f"Selector: model must be None, a name or path, or a loaded torch "
                             f"model; got {type(model).__name__}")
+        from trim_fast.models.loading import check_vocab
+
+        check_vocab(self.model, tokenizer)  # before any forward, not an IndexError inside one
+        self.config = _clip_layers(self.config, self.model)
         self.tokenizer = tokenizer
         self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
                            if i is not None)
@@ -291,6 +323,8 @@ class Selector:
         """Fingerprint ``targets`` (a task's records or ``{task: records}``; ``None``: a seeded
         sample of ``config.target_sample`` pool examples, in-domain mode), score ``pool``, keep
         the top ``k`` (default ``round(config.fraction * |pool|)``)."""
+        if isinstance(k, bool) or not isinstance(k, (int, type(None))):
+            raise ConfigError(f"k must be a whole number, got {k!r}")
         if fraction is not None or k is not None:
             num_selected(1, fraction=fraction, k=k)  # bad k or fraction: refused before any forward
         records = open_records(pool)
@@ -348,17 +382,32 @@ class Selector:
         return DistContext.current() if self.distributed else DistContext()
 
 
+def load_bank(path: str | os.PathLike) -> FingerprintBank:
+    """A bank file; a missing, cut or foreign file is a :class:`DataError` naming it."""
+    try:
+        return FingerprintBank.load(os.fspath(path))
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(str(exc)) from exc
+
+
 def _banks(banks: Any) -> dict[str, FingerprintBank]:
     if isinstance(banks, FingerprintBank):
         return {banks.meta.get("task", "targets"): banks}
     if isinstance(banks, (str, os.PathLike)):
         banks = [banks]
     if isinstance(banks, Mapping):
+        banks = {name: load_bank(b) if isinstance(b, (str, os.PathLike)) else b
+                 for name, b in banks.items()}
+    if isinstance(banks, Mapping):
         out = dict(banks)
     else:
         out = {}
         for b in banks:
-            bank = FingerprintBank.load(b) if isinstance(b, (str, os.PathLike)) else b
+            bank = load_bank(b) if isinstance(b, (str, os.PathLike)) else b
             name = bank.meta.get("task") or f"task{len(out)}"
             if name in out:
                 raise BankMismatchError(f"two banks are named {name!r}; pass a mapping {{task: bank}}")
@@ -369,4 +418,4 @@ def _banks(banks: Any) -> dict[str, FingerprintBank]:
     return out
 
 
-__all__ = ["Selector", "SelectionResult"]
+__all__ = ["Selector", "SelectionResult", "load_bank"]

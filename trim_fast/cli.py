@@ -228,6 +228,17 @@ def _require(values: dict, *names: str) -> None:
         raise ConfigError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)}")
 
 
+def _check_device(values: dict, cfg: SelectionConfig | None = None) -> None:
+    """A device this torch or machine has not, and settings that would fail only after the
+    model ran, are refused before any input is read."""
+    from trim_fast.api import check_settings
+    from trim_fast.models.loading import check_device
+
+    check_device(values.get("device"))
+    if cfg is not None:
+        check_settings(cfg.resolved())
+
+
 def _open(values: dict, key: str):
     from trim_fast.data import open_records
 
@@ -255,13 +266,60 @@ def _target_tasks(values: dict) -> dict | None:
 RUN_FOLDERS = ("work", "banks", "warmup_adapter", "warmup", "data")
 
 
-def _check_inputs(pool, tasks) -> int:
-    """Read every input record once before any model is loaded: bad data fails in seconds."""
-    size = pool.count() if pool is not None else 0
+def _check_inputs(pool, tasks) -> bytes:
+    """Read every input record once before any model is loaded: bad data fails in seconds.
+    Returns the pool's content digests (16 bytes a record, pool order; see
+    :meth:`~trim_fast.data.formats.Example.digest`), which the end of the run checks again."""
+    digests = bytearray()
+    for ex in pool if pool is not None else ():
+        digests += ex.digest()
     for name, recs in (tasks or {}).items():
         if recs.count() == 0:
             raise DataError(f"targets {name!r}: no records")
-    return size
+    return bytes(digests)
+
+
+def _refuse_glob_into_out(pool, out: str) -> None:
+    """A --pool glob that matches files inside --out would read a run's own outputs (an earlier
+    coreset) as pool records."""
+    out_real = os.path.realpath(out)
+    for d in pool.describe():
+        path = d.get("path")
+        if d.get("glob") and path and os.path.realpath(path).startswith(out_real + os.sep):
+            raise ConfigError(f"--pool {d['glob']}: matches {path}, inside --out {out}; narrow the "
+                              "glob or write the outputs elsewhere")
+
+
+class _Checked:
+    """Pool examples read at the end of a run, each checked against the digest it was scored
+    with; ``take`` as :meth:`Records.take` for the writers."""
+
+    def __init__(self, examples: dict):
+        self.examples = examples
+
+    def take(self, indices):
+        return [self.examples[int(i)] for i in indices]
+
+
+def _recheck_pool(pool, digests: bytes, wanted) -> _Checked:
+    """Read the pool again at the end of a run: every record must still be the one scored (the
+    digests of :func:`_check_inputs`), else the run is refused before anything is written (a
+    pool edited while the run scored would give new text old scores). The examples at the
+    positions ``wanted`` are kept for the outputs: what is written is what was checked."""
+    wanted, kept, n = set(int(i) for i in wanted), {}, 0
+    for n, ex in enumerate(pool, start=1):
+        i = n - 1
+        if 16 * n > len(digests) or ex.digest() != digests[16 * i:16 * n]:
+            raise DataError(f"{ex.source}:{ex.line}: the pool changed while the run was scoring "
+                            f"(record {i}, id {ex.id!r}, is not the record that was scored); "
+                            "nothing was written: run the command again (unchanged chunks are "
+                            "reused)")
+        if i in wanted:
+            kept[i] = ex
+    if 16 * n != len(digests):
+        raise DataError(f"the pool changed while the run was scoring: it holds {n} records, "
+                        f"{len(digests) // 16} were scored; nothing was written: run the command again")
+    return _Checked(kept)
 
 
 def _check_coreset_format(values: dict, pool) -> None:
@@ -315,22 +373,51 @@ def _selector(values: dict, cfg: SelectionConfig, *, adapter: str | None = None)
 
 
 def _write_selection(values: dict, cfg, sel, scores, choice, banks, pool, out_dir, *,
-                     seconds: float, extra: dict | None = None, loss_curves=None) -> dict:
+                     seconds: float, digests: bytes, extra: dict | None = None,
+                     loss_curves=None) -> dict:
+    """Every output of ``select``, written together (:func:`outputs.staged`) from the pool as
+    re-checked against ``digests`` at the end of the run."""
     from trim_fast.run import outputs
+    from trim_fast.selection import select_top_k
 
     layout = values.get("layout", "trim")
-    cols = outputs.score_columns(scores, choice.combined, choice.indices)
-    outputs.write_table(cols, out_dir)
+    wanted = set(choice.indices)
+    if layout == "less":
+        for t_i in range(len(scores.tasks)):
+            wanted.update(select_top_k(scores.score[t_i], choice.k).tolist())
+    checked = _recheck_pool(pool, digests, wanted)
+    cols = outputs.score_columns(scores, choice.combined, choice.indices, digests)
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
                                         sorted(set(scores.sources)))
     name = outputs.coreset_name(cfg.fraction, cfg.k, fmt)
     path = os.path.join(out_dir, name)
-    outputs.write_coreset(pool.take(choice.indices), path, fmt)
+    with outputs.staged(out_dir) as stage:
+        summary = _write_outputs(values, cfg, sel, scores, choice, banks, checked, stage, cols,
+                                 name, fmt, seconds=seconds, extra=extra, loss_curves=loss_curves)
+    logger.info("selected %d of %d -> %s", len(choice.indices), len(scores), path)
+    _refuse_empty_selection(choice, len(scores), out_dir)
+    return summary
+
+
+def _refuse_empty_selection(choice, size: int, out_dir: str) -> None:
+    """Nothing selected is a failed run (exit 2), though its score table is written."""
+    if not choice.indices:
+        raise DataError(f"nothing selected: none of the {size} pool example(s) has a scored token "
+                        f"(every score is -inf); see {os.path.join(out_dir, 'scores.parquet')} "
+                        "(n_counted, n_scored) and check --scope and the targets")
+
+
+def _write_outputs(values: dict, cfg, sel, scores, choice, banks, pool, out_dir, cols, name,
+                   fmt, *, seconds: float, extra: dict | None, loss_curves) -> dict:
+    from trim_fast.run import outputs
+
+    layout = values.get("layout", "trim")
+    outputs.write_table(cols, out_dir)
+    outputs.write_coreset(pool.take(choice.indices), os.path.join(out_dir, name), fmt)
     if layout == "less":  # one folder per task, as LESS writes them
         for t_i, task in enumerate(scores.tasks):
             outputs.write_less_task(os.path.join(out_dir, task), scores, t_i, choice.k, pool,
                                     outputs.coreset_name(cfg.fraction, cfg.k, "jsonl", layout="less"))
-    logger.info("selected %d of %d -> %s", len(choice.indices), len(scores), path)
     summary = outputs.summary(sel.config, scores, choice, banks, seconds=seconds)
     summary["model"] = {"name": sel.model_name}
     summary["resolved"] = {"model": as_dict(build_settings(ModelConfig, values)),
@@ -349,11 +436,13 @@ def cmd_select(values: dict) -> int:
 
     _require(values, "pool", "out")
     cfg = build_settings(SelectionConfig, values)
+    _check_device(values, cfg)
     pool, tasks = _open(values, "pool"), _target_tasks(values)
-    size = _check_inputs(pool, tasks)
+    _refuse_glob_into_out(pool, values["out"])
+    digests = _check_inputs(pool, tasks)
     _check_coreset_format(values, pool)
     if values.get("dry_run"):
-        return dry_run(values, cfg, pool, tasks, size)
+        return dry_run(values, cfg, pool, tasks, len(digests) // 16)
     ctx, device = init_distributed(values.get("device"))
     if device is not None:
         values["device"] = device
@@ -376,7 +465,8 @@ def cmd_select(values: dict) -> int:
                 extra["warmup"] = {"adapter": warm.adapter_dir, "subset_size": len(warm.subset_ids),
                                    "seconds": round(warm.seconds, 3), "final_loss": warm.losses[-1]}
             summary = _write_selection(values, cfg, sel, scores, choice, banks, pool, out_dir,
-                                       seconds=time.perf_counter() - t0, extra=extra,
+                                       seconds=time.perf_counter() - t0, digests=digests,
+                                       extra=extra,
                                        loss_curves={"warmup": warm.losses} if warm else None)
             values["_summary"] = summary
     finally:
@@ -449,6 +539,7 @@ def cmd_fingerprint(values: dict) -> int:
 
     _require(values, "out")
     cfg = build_settings(SelectionConfig, values)
+    _check_device(values, cfg)
     tasks = _target_tasks(values)
     pool = _open(values, "pool") if values.get("pool") else None
     if tasks is None and pool is None:
@@ -468,15 +559,17 @@ def cmd_fingerprint(values: dict) -> int:
 
 
 def cmd_score(values: dict) -> int:
-    from trim_fast.bank import FingerprintBank, settings_conflict
+    from trim_fast.api import load_bank
+    from trim_fast.bank import settings_conflict
     from trim_fast.config import BANK_FIELDS
     from trim_fast.run import outputs
     from trim_fast.run.distributed import init_distributed
 
     _require(values, "bank", "pool", "out")
+    _check_device(values)
     banks = {}
     for path in values["bank"]:
-        bank = FingerprintBank.load(path)
+        bank = load_bank(path)
         name = bank.meta.get("task") or os.path.basename(path).split(".")[0]
         if name in banks:
             raise BankMismatchError(f"{path}: a second bank for task {name!r}")
@@ -493,7 +586,8 @@ def cmd_score(values: dict) -> int:
                              f"with {k}={v!r}; drop the flag or rebuild the banks")
     cfg = build_settings(SelectionConfig, {**values, **from_banks})
     pool = _open(values, "pool")
-    _check_inputs(pool, None)
+    _refuse_glob_into_out(pool, values["out"])
+    digests = _check_inputs(pool, None)
     ctx, device = init_distributed(values.get("device"))
     if device is not None:
         values["device"] = device
@@ -504,12 +598,14 @@ def cmd_score(values: dict) -> int:
         scores = sel.score(pool, banks, work_dir=out_dir)
         choice = sel.choose(scores)
         if ctx.is_main:
-            cols = outputs.score_columns(scores, choice.combined, choice.indices)
-            outputs.write_table(cols, out_dir)
+            _recheck_pool(pool, digests, ())
+            cols = outputs.score_columns(scores, choice.combined, choice.indices, digests)
             summary = outputs.summary(sel.config, scores, choice, banks,
                                       seconds=time.perf_counter() - t0)
-            outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
-            outputs.write_report(cols, os.path.join(out_dir, "report.png"))
+            with outputs.staged(out_dir) as stage:
+                outputs.write_table(cols, stage)
+                outputs.write_json(summary, os.path.join(stage, "summary.json"))
+                outputs.write_report(cols, os.path.join(stage, "report.png"))
     finally:
         ctx.close()
     return 0
@@ -539,10 +635,11 @@ def cmd_pick(values: dict) -> int:
         raise DataError(f"{values['scores']}: not a trim-fast score table (needs 'index', 'id' and "
                         "'score' columns)")
     pool = _open(values, "pool")
-    ids, keys = [], []
+    ids, keys, digests = [], [], bytearray()
     for ex in pool:
         ids.append(ex.id)
         keys.append(_record_key(ex.id, ex.source, ex.line))
+        digests += ex.digest()
     _check_coreset_format(values, pool)
     index = table.column("index").to_pylist()
     if sorted(index) != list(range(len(ids))):
@@ -557,6 +654,7 @@ def cmd_pick(values: dict) -> int:
             raise DataError(f"{values['scores']}: the score table does not match the pool: row "
                             f"{row + 1} is example {i} with id {t_ids[row]!r}, the pool's example "
                             f"{i} is {ids[i]!r}")
+    _check_scored_content(values["scores"], table, index, digests, pool)
     cols = sorted(c for c in table.column_names if c.startswith("score[")) or ["score"]
     per_task = torch.full((len(cols), len(ids)), float("nan"))
     for t, c in enumerate(cols):
@@ -568,9 +666,34 @@ def cmd_pick(values: dict) -> int:
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
                                         sorted(set(table.column("source").to_pylist())))
     path = os.path.join(out_dir, outputs.coreset_name(cfg.fraction, cfg.k, fmt))
-    outputs.write_coreset(pool.take(choice.indices), path, fmt)
+    selected = pool.take(choice.indices)
+    for i, ex in zip(choice.indices, selected):  # read again: still the records checked above
+        if ex.digest() != digests[16 * i:16 * i + 16]:
+            raise DataError(f"{ex.source}:{ex.line}: the pool changed while pick ran; nothing "
+                            "was written: run it again")
+    outputs.write_coreset(selected, path, fmt)
     logger.info("selected %d of %d -> %s", len(choice.indices), len(ids), path)
+    _refuse_empty_selection(choice, len(ids), os.path.dirname(values["scores"]) or ".")
     return 0
+
+
+def _check_scored_content(scores_path: str, table, index: list, digests: bytes, pool) -> None:
+    """The pool's records must be the ones scored, by content (the digests resume uses): an
+    in-place edit that keeps ids, or lines moved in a pool without ids, is refused naming the
+    first row that differs. A table written before the ``digest`` column existed is read with a
+    warning."""
+    if "digest" not in table.column_names:
+        logger.warning("%s has no 'digest' column (written by an older trim-fast): the pool's "
+                       "records cannot be checked against what was scored, only their ids",
+                       scores_path)
+        return
+    for row, (i, theirs) in enumerate(zip(index, table.column("digest").to_pylist())):
+        if digests[16 * i:16 * i + 16].hex() != theirs:
+            ex = pool.take([i])[0]
+            raise DataError(f"{scores_path}: row {row + 1} scored pool example {i} "
+                            f"({ex.source}:{ex.line}, id {ex.id!r}) with other content than the "
+                            "pool holds now: the pool was edited after it was scored. Score it "
+                            "again (select or score with the same --out redoes only what changed)")
 
 
 def cmd_warmup(values: dict) -> int:
@@ -579,6 +702,7 @@ def cmd_warmup(values: dict) -> int:
 
     _require(values, "pool", "out")
     wcfg = build_settings(WarmupConfig, values)
+    _check_device(values)
     pool = _open(values, "pool")
     _check_inputs(pool, None)
     name = values.get("model")

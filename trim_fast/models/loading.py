@@ -42,6 +42,7 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 HUB_TIMEOUT_S = 10.0    # per request (connect, read, write, pool) where huggingface_hub sets none
 HUB_NO_ANSWER_S = 30.0  # no new request once the hub has not answered anything for this long
+HUB_MAX_UNANSWERED = 4  # ... or once this many requests got no answer (DNS failing: each fails at once)
 _PICKLE_PATTERNS = ("pytorch_model*.bin", "adapter_model.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
@@ -92,6 +93,7 @@ def _source(name: str | None, what: str = "--model") -> _Source:
     local = os.path.expanduser(name)
     if os.path.isdir(local):
         _refuse_pickles(local, f"{what} {name}")
+        _refuse_cut_safetensors(local, f"{what} {name}")
         return _Source(local, {"local_files_only": True}, False)
     if os.path.exists(local):
         if local.endswith(".gguf"):
@@ -140,6 +142,40 @@ _CONVERT_HINT = ("Convert it once, where you trust the file: load it with transf
                  "'NEW_DIR/model.safetensors')` (adapters: 'adapter_model.safetensors').")
 
 
+def _refuse_cut_safetensors(directory: str, what: str) -> None:
+    """Every ``*.safetensors`` file whole: its 8-byte header length, JSON header and the data
+    its tensors' offsets reach all inside the file (reads only the headers). A file cut short
+    (an interrupted copy) is named here rather than failing inside the loader."""
+    import json
+
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".safetensors"):
+            continue
+        path = os.path.join(directory, name)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = f.read(n) if 0 <= n <= min(size, 100 << 20) else b""
+        problem = None
+        if n < 0 or 8 + n > size or len(header) != n:
+            problem = "its header is cut short"
+        else:
+            try:
+                meta = json.loads(header)
+                end = max((int(v["data_offsets"][1]) for k, v in meta.items()
+                           if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                problem = "its header is not valid safetensors JSON"
+            else:
+                if 8 + n + end > size:
+                    problem = (f"it holds {size} bytes but its tensors need {8 + n + end}: the "
+                               "file was cut short")
+        if problem:
+            raise ModelError(f"{what}: {path} is not a whole safetensors file ({problem}); copy "
+                             "or download the model again")
+
+
 def _refuse_pickles(directory: str, what: str) -> None:
     """Pickle files can run code when loaded; weights must come as safetensors (or GGUF)."""
     names = os.listdir(directory)
@@ -184,7 +220,29 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
 
 
 def _device(device) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return check_device(device)
+
+
+def check_device(device) -> torch.device:
+    """The device to load on (default: CUDA when there is one); a device this build of torch or
+    this machine has not is a :class:`ModelError` before anything is loaded."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device}: not a device torch knows ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ModelError(f"--device {device}: this build of torch has no CUDA support "
+                             f"(torch {torch.__version__}); use --device cpu or install a CUDA build")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ModelError(f"--device {device}: no CUDA GPU is visible (check the driver and "
+                             "CUDA_VISIBLE_DEVICES); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(f"--device {device}: only {count} CUDA device(s) are visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"--device {device}: MPS is not available on this machine")
+    return dev
 
 
 def load_model(name: str | None = None, *, adapter: str | None = None, device: str | None = None,
@@ -244,6 +302,25 @@ def _weights_kw(src: _Source) -> dict:
     transformers from asking on the terminal whether to run it."""
     kw = {**src.kw, "trust_remote_code": False}
     return kw if "gguf_file" in src.kw else {**kw, "use_safetensors": True}
+
+
+def check_vocab(model: torch.nn.Module, tokenizer) -> None:
+    """Refuse a model whose input embedding has fewer rows than its tokenizer has tokens: a token
+    id past the last row fails inside the forward (``IndexError``), after the model loaded."""
+    from trim_fast.models.prepare import unwrap
+
+    inner = unwrap(model)
+    get = getattr(inner, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None:
+        return
+    vocab = len(tokenizer)
+    if rows < vocab:
+        name = getattr(getattr(inner, "config", None), "_name_or_path", "") or type(inner).__name__
+        raise ModelError(f"model {name!r} has {rows} embedding rows but its tokenizer has {vocab} "
+                         "tokens: token ids from the tokenizer would be past the embedding. Use the "
+                         "tokenizer that belongs to the model (or resize its embeddings)")
 
 
 def model_id(name: str | None) -> str:
@@ -363,8 +440,10 @@ class _HubWatch:
     def on_request(self, request) -> None:
         with self.lock:
             waited = time.monotonic() - self.start
-            if self.sent and not self.answered and waited > self.give_up:
-                raise _HubNoAnswer(f"no answer from the hub for {waited:.0f}s")
+            if self.sent and not self.answered and (waited > self.give_up
+                                                    or self.sent >= HUB_MAX_UNANSWERED):
+                raise _HubNoAnswer(f"no answer from the hub for {waited:.0f}s "
+                                   f"({self.sent} request(s))")
             self.sent += 1
         timeout = dict(request.extensions.get("timeout") or {})
         request.extensions["timeout"] = {k: min(self.limit, timeout.get(k) or self.limit)
