@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -122,6 +123,46 @@ def _clip_layers(cfg: SelectionConfig, model) -> SelectionConfig:
     return cfg
 
 
+class _OneThread:
+    """A Selector's calls come from one thread at a time (it keeps per-call state: the pinned
+    weights digest): a second thread is refused with a clear message, nested calls of the
+    thread inside are fine."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner, self._depth = None, 0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        me = threading.get_ident()
+        with self._lock:
+            if self._owner not in (None, me):
+                raise ConfigError("this Selector is already running a call in another thread; "
+                                  "use one Selector per thread (they can share the model)")
+            self._owner, self._depth = me, self._depth + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+
+
+def _one_thread(method):
+    """Run a public Selector call under its :class:`_OneThread` guard."""
+    import functools
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if "_calls" not in vars(self):  # a Selector made without __init__ (tests, subclasses)
+            self._calls = _OneThread()
+        with self._calls():
+            return method(self, *args, **kwargs)
+
+    return guarded
+
+
 def _dtype_and_device(base) -> tuple[str, str]:
     """The forward's dtype (``"float32"``) and device type (``"cpu"``)."""
     param = next(base.parameters())
@@ -177,11 +218,17 @@ class Selector:
 
         check_vocab(self.model, tokenizer)  # before any forward, not an IndexError inside one
         self.config = _clip_layers(self.config, self.model)
+        if not getattr(tokenizer, "chat_template", None):
+            logger.warning("the tokenizer of %s has no chat template: chat records are rendered "
+                           "with trim_fast's plain one ('### User:' ... '### Assistant:'), not "
+                           "the format the model was trained on", self.model_name)
+        self._calls = _OneThread()
         self.tokenizer = tokenizer
         self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
                            if i is not None)
 
     # -- targets -> banks ---------------------------------------------------------------------
+    @_one_thread
     def fingerprint(self, targets: Any, *, task: str | None = None, pool: Any = None,
                     forward_cache: ForwardCache | None = None) -> dict[str, FingerprintBank]:
         """One bank per task. ``targets``: one task's records (named ``task``, default
@@ -211,6 +258,10 @@ class Selector:
         size = records.count()
         picks = sorted(random.Random(cfg.seed).sample(range(size), min(cfg.center_sample, size)))
         chunk = tokenize_chunk(self.tokenizer, records.take(picks), cfg)
+        if not bool(chunk.counted.any()):  # e.g. max_length shorter than the template's start
+            raise DataError(f"none of the {len(picks)} pool example(s) sampled to centre the hidden "
+                            f"states has a counted token under scope={cfg.scope!r} and max_length="
+                            f"{cfg.max_length}; raise --max-length or choose another --scope")
         center = mean_state(base, chunk, cfg, pad_id=self.pad_id, forward_cache=forward_cache)
         logger.info("mean state of %d pool example(s) (seed %d) centres the hidden states",
                     len(picks), cfg.seed)
@@ -236,6 +287,7 @@ class Selector:
         return bank
 
     # -- pool -> scores -----------------------------------------------------------------------
+    @_one_thread
     def score(self, pool: Any, banks: Any, *, work_dir: str | None = None,
               forward_cache: ForwardCache | None = None) -> PoolScores:
         """Score every pool example against ``banks`` (a bank, a list of banks, ``{task: bank}``
@@ -317,6 +369,7 @@ class Selector:
                         "hidden states: rebuild the bank with this model")
 
     # -- pool + targets -> selection ------------------------------------------------------------
+    @_one_thread
     def select(self, pool: Any, targets: Any = None, *, fraction: float | None = None,
                k: int | None = None, work_dir: str | None = None,
                forward_cache: ForwardCache | None = None) -> SelectionResult:

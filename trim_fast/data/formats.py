@@ -439,7 +439,7 @@ def _prompt_completion_messages(record: dict, where: str) -> list[dict[str, Any]
     return messages
 
 
-MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_COLUMNS = ("images", "videos", "audios", "image", "video", "audio")  # singular too
 
 # Reasoning that some chat datasets keep beside a turn's content (DeepSeek, Qwen3, gpt-oss):
 # refused rather than dropped, since the sentinel rendering fills 'content' only.

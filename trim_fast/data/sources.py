@@ -887,8 +887,19 @@ def open_records(source: Any, *, split: str | None = None, subset: str | None = 
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if isinstance(source, (list, tuple)) and not all(isinstance(r, (dict, Example)) for r in source):
         if any(isinstance(r, (dict, Example)) for r in source):
+            i, item = next((i, r) for i, r in enumerate(source) if not isinstance(r, (dict, Example)))
+            if item is None or not isinstance(item, (str, os.PathLike, list, tuple)) \
+                    and not _is_datasets_object(item):
+                raise DataError(f"open_records: item {i} of the list of records is "
+                                f"{type(item).__name__}, not a record (a dict)")
             raise DataError("open_records: a list mixes records (dicts) and other sources; wrap "
                             "the records in their own list")
+        text = next((r for r in source if isinstance(r, str) and not os.path.exists(r)
+                     and (any(c.isspace() for c in r) or len(r) > 200)), None)
+        if text is not None:
+            raise DataError(f"open_records: {text[:60]!r} is text, not a path or dataset id: a pool "
+                            "is a list of records (dicts such as {'text': ...} or {'messages': "
+                            "[...]}) or a list of paths")
         entries = [e for i, s in enumerate(source)
                    for e in _resolve(s, split, subset, i if _needs_index(s) else None)]
     else:
