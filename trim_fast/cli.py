@@ -566,7 +566,6 @@ def cmd_score(values: dict) -> int:
     from trim_fast.run.distributed import init_distributed
 
     _require(values, "bank", "pool", "out")
-    _check_device(values)
     banks = {}
     for path in values["bank"]:
         bank = load_bank(path)
@@ -585,6 +584,7 @@ def cmd_score(values: dict) -> int:
             raise BankMismatchError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
                              f"with {k}={v!r}; drop the flag or rebuild the banks")
     cfg = build_settings(SelectionConfig, {**values, **from_banks})
+    _check_device(values, cfg)
     pool = _open(values, "pool")
     _refuse_glob_into_out(pool, values["out"])
     digests = _check_inputs(pool, None)

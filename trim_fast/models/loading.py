@@ -119,6 +119,7 @@ def _adapter_source(adapter: str) -> _Source:
     local = os.path.expanduser(adapter)
     if os.path.isdir(local):
         _refuse_pickles(local, f"--adapter {adapter}")
+        _refuse_cut_safetensors(local, f"--adapter {adapter}")
         return _Source(local, {"local_files_only": True}, False)
     if os.path.exists(local):
         raise ModelError(f"--adapter {adapter}: a file; pass the adapter's directory "
