@@ -379,3 +379,33 @@ def test_max_length_too_short_for_any_counted_token_is_one_line(tmp_path, capsys
                                                                 pool, targets):
     text = refused(capsys, *_select(tmp_path, tiny_model_dir, pool, targets), "--max-length", "2")
     assert "max_length=2" in text
+
+
+_DNS_FAILING_CLI = """
+import socket, sys, time
+def no_dns(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+socket.getaddrinfo = no_dns
+from trim_fast.cli import main
+t0 = time.monotonic()
+rc = main(sys.argv[1:])
+sys.stderr.write(f"RC {rc} SECONDS {time.monotonic() - t0:.1f}\\n")
+sys.exit(rc)
+"""
+
+
+def test_hub_with_dns_failing_gives_up_after_a_few_requests(tmp_path, pool, targets):
+    """Each request fails at once, so the 30 s no-answer bound never came: huggingface_hub's
+    retries ran for 32 s. Now no request is made after 4 unanswered ones (defaults kept)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_ENDPOINT="http://hub.example.invalid", HF_HUB_OFFLINE="0")
+    proc = subprocess.run([sys.executable, "-c", _DNS_FAILING_CLI, "select", "--model",
+                           "some-org/some-model", "--pool", pool, "--targets", targets, "--out",
+                           str(tmp_path / "out"), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    err = proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert "did not answer" in err, err[-3000:]
+    assert float(err.split("RC 2 SECONDS ")[1].split()[0]) < 15, err[-3000:]
