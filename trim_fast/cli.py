@@ -228,7 +228,7 @@ def _require(values: dict, *names: str) -> None:
         raise ConfigError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)}")
 
 
-def _check_device(values: dict, cfg: SelectionConfig | None = None) -> None:
+def _check_before_loading(values: dict, cfg: SelectionConfig | None = None) -> None:
     """A device this torch or machine has not, and settings that would fail only after the
     model ran, are refused before any input is read."""
     from trim_fast.api import check_settings
@@ -436,7 +436,7 @@ def cmd_select(values: dict) -> int:
 
     _require(values, "pool", "out")
     cfg = build_settings(SelectionConfig, values)
-    _check_device(values, cfg)
+    _check_before_loading(values, cfg)
     pool, tasks = _open(values, "pool"), _target_tasks(values)
     _refuse_glob_into_out(pool, values["out"])
     digests = _check_inputs(pool, tasks)
@@ -539,7 +539,7 @@ def cmd_fingerprint(values: dict) -> int:
 
     _require(values, "out")
     cfg = build_settings(SelectionConfig, values)
-    _check_device(values, cfg)
+    _check_before_loading(values, cfg)
     tasks = _target_tasks(values)
     pool = _open(values, "pool") if values.get("pool") else None
     if tasks is None and pool is None:
@@ -584,7 +584,7 @@ def cmd_score(values: dict) -> int:
             raise BankMismatchError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
                              f"with {k}={v!r}; drop the flag or rebuild the banks")
     cfg = build_settings(SelectionConfig, {**values, **from_banks})
-    _check_device(values, cfg)
+    _check_before_loading(values, cfg)
     pool = _open(values, "pool")
     _refuse_glob_into_out(pool, values["out"])
     digests = _check_inputs(pool, None)
@@ -702,7 +702,7 @@ def cmd_warmup(values: dict) -> int:
 
     _require(values, "pool", "out")
     wcfg = build_settings(WarmupConfig, values)
-    _check_device(values)
+    _check_before_loading(values)
     pool = _open(values, "pool")
     _check_inputs(pool, None)
     name = values.get("model")
