@@ -13,9 +13,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "trim_fast"
 # Bottom first. Entries are module names under trim_fast; an entry covers its submodules, and
 # the longest entry that matches a module places it.
 LAYERS = (
-    # the base: result types and constants, checks, the compiled extension and its loader, the
+    # the base: the error types, result types and constants, checks, the compiled extension and its loader, the
     # network policy, small shared helpers, atomic files and the ranks of a torchrun group
-    ("types", "validation", "_C", "_ext", "_lazy", "_notice", "progress", "extras", "hub",
+    ("errors", "types", "validation", "_C", "_ext", "_lazy", "_notice", "progress", "extras", "hub",
      "run", "run.files", "run.distributed"),
     # settings, the naive oracle, the kernels, saliency -> alpha
     ("config", "reference", "ops", "saliency"),

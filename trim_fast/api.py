@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -31,7 +32,8 @@ import torch
 from trim_fast.bank import FingerprintBank, settings_conflict
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
 from trim_fast.config import SHARED_WITH_POOL, SelectionConfig
-from trim_fast.data import DataError, Records, open_records, open_tasks, tokenizer_digest
+from trim_fast.errors import BankMismatchError, ConfigError, DataError
+from trim_fast.data import Records, open_records, open_tasks, tokenizer_digest
 from trim_fast.models.loading import weights_digest
 from trim_fast.models.prepare import forward_model, unwrap
 from trim_fast.run.distributed import DistContext
@@ -84,10 +86,78 @@ def require_center_pool(cfg: SelectionConfig, pool: Any) -> None:
     """A method that centres (the default) takes its mean state from the pool the banks are for:
     refuse fingerprinting without one (needs no model, so the CLI refuses before loading it)."""
     if pool is None and cfg.resolved().center == "pool":
-        raise ValueError(f"method {cfg.method!r} centres hidden states by the mean state of a "
+        raise ConfigError(f"method {cfg.method!r} centres hidden states by the mean state of a "
                          "sample of the pool the banks are for: pass the pool (fingerprint(targets, "
                          "pool=...); on the command line --pool), or set center='none' "
                          "(--center none)")
+
+
+def check_settings(cfg: SelectionConfig) -> SelectionConfig:
+    """Settings that would fail, or select by nothing, only once the model has run: refused
+    before it loads (the CLI calls this right after parsing the flags)."""
+    if isinstance(cfg.k, bool) or not isinstance(cfg.k, (int, type(None))):
+        raise ConfigError(f"k must be a whole number, got {cfg.k!r}")
+    if isinstance(cfg.layers, bool) or not isinstance(cfg.layers, int):
+        raise ConfigError(f"layers must be a whole number, got {cfg.layers!r}")
+    if cfg.w_row == 0 and cfg.w_col == 0:
+        raise ConfigError("w_row and w_col are both 0: every token's saliency would be 0 and no "
+                          "fingerprint would have weight; give one of them a positive weight")
+    if cfg.w_mean == 0 and cfg.w_max == 0 and not cfg.w_coverage:
+        raise ConfigError("w_mean, w_max and w_coverage are all 0: every example would score 0 "
+                          "and the selection would be by pool position; give one a positive weight")
+    return cfg
+
+
+def _clip_layers(cfg: SelectionConfig, model) -> SelectionConfig:
+    """``layers`` above the model's layer count: the model's count, with a warning, and that is
+    the value recorded (banks, summary), not the one asked for."""
+    n = getattr(getattr(unwrap(model), "config", None), "num_hidden_layers", None)
+    if isinstance(n, int) and n > 0 and cfg.layers > n:
+        asked = cfg.layers != SelectionConfig.layers  # the default on a small model is no news
+        (logger.warning if asked else logger.info)(
+            "layers=%d but the model has %d layers: using all %d", cfg.layers, n, n)
+        return cfg.replace(layers=n)
+    return cfg
+
+
+class _OneThread:
+    """A Selector's calls come from one thread at a time (it keeps per-call state: the pinned
+    weights digest): a second thread is refused with a clear message, nested calls of the
+    thread inside are fine."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner, self._depth = None, 0
+
+    @contextlib.contextmanager
+    def __call__(self):
+        me = threading.get_ident()
+        with self._lock:
+            if self._owner not in (None, me):
+                raise ConfigError("this Selector is already running a call in another thread; "
+                                  "use one Selector per thread (they can share the model)")
+            self._owner, self._depth = me, self._depth + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+
+
+def _one_thread(method):
+    """Run a public Selector call under its :class:`_OneThread` guard."""
+    import functools
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if "_calls" not in vars(self):  # a Selector made without __init__ (tests, subclasses)
+            self._calls = _OneThread()
+        with self._calls():
+            return method(self, *args, **kwargs)
+
+    return guarded
 
 
 def _dtype_and_device(base) -> tuple[str, str]:
@@ -115,7 +185,7 @@ class Selector:
                  config: SelectionConfig | None = None, *, adapter: str | None = None,
                  device: str | None = None, dtype: str = "auto", progress: bool = False,
                  distributed: bool = True):
-        self.config = (config or SelectionConfig()).resolved()
+        self.config = check_settings((config or SelectionConfig()).resolved())
         self.progress = progress
         self.distributed = distributed
         self._pin, self._pinned_info = False, None  # see _one_weights_digest
@@ -124,7 +194,7 @@ class Selector:
                 raise TypeError("Selector: a loaded model needs its tokenizer too: "
                                 "Selector(model, tokenizer)")
             if adapter is not None or device is not None or dtype != "auto":
-                raise ValueError("Selector: adapter, device and dtype apply to a model loaded "
+                raise ConfigError("Selector: adapter, device and dtype apply to a model loaded "
                                  "here; merge, move or cast a loaded model yourself")
             self.model = model
             inner = unwrap(model)  # DDP / accelerate: the name of the model inside
@@ -141,11 +211,21 @@ class Selector:
         else:
             raise TypeError(f"Selector: model must be None, a name or path, or a loaded torch "
                             f"model; got {type(model).__name__}")
+        from trim_fast.models.loading import check_vocab
+
+        check_vocab(self.model, tokenizer)  # before any forward, not an IndexError inside one
+        self.config = _clip_layers(self.config, self.model)
+        if not getattr(tokenizer, "chat_template", None):
+            logger.warning("the tokenizer of %s has no chat template: chat records are rendered "
+                           "with trim_fast's plain one ('### User:' ... '### Assistant:'), not "
+                           "the format the model was trained on", self.model_name)
+        self._calls = _OneThread()
         self.tokenizer = tokenizer
         self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
                            if i is not None)
 
     # -- targets -> banks ---------------------------------------------------------------------
+    @_one_thread
     def fingerprint(self, targets: Any, *, task: str | None = None, pool: Any = None,
                     forward_cache: ForwardCache | None = None) -> dict[str, FingerprintBank]:
         """One bank per task. ``targets``: one task's records (named ``task``, default
@@ -175,6 +255,10 @@ class Selector:
         size = records.count()
         picks = sorted(random.Random(cfg.seed).sample(range(size), min(cfg.center_sample, size)))
         chunk = tokenize_chunk(self.tokenizer, records.take(picks), cfg)
+        if not bool(chunk.counted.any()):  # e.g. max_length shorter than the template's start
+            raise DataError(f"none of the {len(picks)} pool example(s) sampled to centre the hidden "
+                            f"states has a counted token under scope={cfg.scope!r} and max_length="
+                            f"{cfg.max_length}; raise --max-length or choose another --scope")
         center = mean_state(base, chunk, cfg, pad_id=self.pad_id, forward_cache=forward_cache)
         logger.info("mean state of %d pool example(s) (seed %d) centres the hidden states",
                     len(picks), cfg.seed)
@@ -200,6 +284,7 @@ class Selector:
         return bank
 
     # -- pool -> scores -----------------------------------------------------------------------
+    @_one_thread
     def score(self, pool: Any, banks: Any, *, work_dir: str | None = None,
               forward_cache: ForwardCache | None = None) -> PoolScores:
         """Score every pool example against ``banks`` (a bank, a list of banks, ``{task: bank}``
@@ -243,14 +328,14 @@ class Selector:
         tokenizer, with settings that differ among them or from this config's, or holding a
         token id outside the vocabulary."""
         if not banks:
-            raise ValueError("no fingerprint bank given")
+            raise BankMismatchError("no fingerprint bank given")
         conflict = settings_conflict(banks)
         if conflict:
-            raise ValueError(conflict)
+            raise BankMismatchError(conflict)
         first = next(iter(banks.values())).meta["settings"]
         for key in SHARED_WITH_POOL:
             if first.get(key) != getattr(self.config, key):
-                raise ValueError(f"the banks were built with {key}={first.get(key)!r}, this run "
+                raise BankMismatchError(f"the banks were built with {key}={first.get(key)!r}, this run "
                                  f"scores with {key}={getattr(self.config, key)!r}; use the same "
                                  f"{key}")
         centers = [b.center for b in banks.values()]
@@ -258,35 +343,38 @@ class Selector:
         same = all(torch.equal(c, shared) if c is not None and shared is not None else c is shared
                    for c in centers)
         if not same or (self.config.center == "pool") != (shared is not None):
-            raise ValueError("the banks do not share one mean state (center): build the banks of "
+            raise BankMismatchError("the banks do not share one mean state (center): build the banks of "
                              "one run together, from one pool")
         vocab = len(self.tokenizer)
         digest = tokenizer_digest(self.tokenizer)
         for name, bank in banks.items():
             if bank.meta.get("tokenizer_digest") != digest:
-                raise ValueError(f"bank {name!r} was built with another tokenizer "
+                raise BankMismatchError(f"bank {name!r} was built with another tokenizer "
                                  f"(digest {bank.meta.get('tokenizer_digest')!r}, this run's is "
                                  f"{digest!r}); rebuild it with this model's tokenizer")
             top = int(bank.classes.max())
             if top >= vocab:
-                raise ValueError(f"bank {name!r} holds token id {top}, outside the tokenizer's "
+                raise BankMismatchError(f"bank {name!r} holds token id {top}, outside the tokenizer's "
                                  f"vocabulary of {vocab}")
             if info is not None:
                 built = bank.meta.get("model") or {}
                 if built.get("digest") != info["digest"]:
-                    raise ValueError(
+                    raise BankMismatchError(
                         f"bank {name!r} was built with model {built.get('name')!r} (weights "
                         f"digest {built.get('digest')!r}); this run's model {info['name']!r} has "
                         f"weights digest {info['digest']!r}. Its fingerprints do not fit these "
                         "hidden states: rebuild the bank with this model")
 
     # -- pool + targets -> selection ------------------------------------------------------------
+    @_one_thread
     def select(self, pool: Any, targets: Any = None, *, fraction: float | None = None,
                k: int | None = None, work_dir: str | None = None,
                forward_cache: ForwardCache | None = None) -> SelectionResult:
         """Fingerprint ``targets`` (a task's records or ``{task: records}``; ``None``: a seeded
         sample of ``config.target_sample`` pool examples, in-domain mode), score ``pool``, keep
         the top ``k`` (default ``round(config.fraction * |pool|)``)."""
+        if isinstance(k, bool) or not isinstance(k, (int, type(None))):
+            raise ConfigError(f"k must be a whole number, got {k!r}")
         if fraction is not None or k is not None:
             num_selected(1, fraction=fraction, k=k)  # bad k or fraction: refused before any forward
         records = open_records(pool)
@@ -344,20 +432,35 @@ class Selector:
         return DistContext.current() if self.distributed else DistContext()
 
 
+def load_bank(path: str | os.PathLike) -> FingerprintBank:
+    """A bank file; a missing, cut or foreign file is a :class:`DataError` naming it."""
+    try:
+        return FingerprintBank.load(os.fspath(path))
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(str(exc)) from exc
+
+
 def _banks(banks: Any) -> dict[str, FingerprintBank]:
     if isinstance(banks, FingerprintBank):
         return {banks.meta.get("task", "targets"): banks}
     if isinstance(banks, (str, os.PathLike)):
         banks = [banks]
     if isinstance(banks, Mapping):
+        banks = {name: load_bank(b) if isinstance(b, (str, os.PathLike)) else b
+                 for name, b in banks.items()}
+    if isinstance(banks, Mapping):
         out = dict(banks)
     else:
         out = {}
         for b in banks:
-            bank = FingerprintBank.load(b) if isinstance(b, (str, os.PathLike)) else b
+            bank = load_bank(b) if isinstance(b, (str, os.PathLike)) else b
             name = bank.meta.get("task") or f"task{len(out)}"
             if name in out:
-                raise ValueError(f"two banks are named {name!r}; pass a mapping {{task: bank}}")
+                raise BankMismatchError(f"two banks are named {name!r}; pass a mapping {{task: bank}}")
             out[name] = bank
     for name, bank in out.items():
         if not isinstance(bank, FingerprintBank):
@@ -365,4 +468,4 @@ def _banks(banks: Any) -> dict[str, FingerprintBank]:
     return out
 
 
-__all__ = ["Selector", "SelectionResult"]
+__all__ = ["Selector", "SelectionResult", "load_bank"]

@@ -18,7 +18,7 @@ import sys
 import time
 
 from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig, as_dict, stage_fields
-from trim_fast.data import DataError
+from trim_fast.errors import BankMismatchError, ConfigError, DataError, TrimError
 from trim_fast.extras import require_extra
 from trim_fast.flags import add_settings, build_settings
 
@@ -155,7 +155,7 @@ def read_config_file(path: str, command: str) -> dict:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        raise DataError(f"--config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
     try:
         if path.lower().endswith(".json"):
             data = json.loads(text)
@@ -164,17 +164,17 @@ def read_config_file(path: str, command: str) -> dict:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - json and yaml raise their own types
-        raise DataError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+        raise ConfigError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
                         f"({exc})") from None
     if not isinstance(data, dict):
-        raise DataError(f"--config {path}: expected a mapping of flag names to values")
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
     actions = _actions(command)
     out = {}
     for key, value in data.items():
         name = str(key).lstrip("-").replace("-", "_")
         action = actions.get(name)
         if action is None:
-            raise DataError(f"--config {path}: unknown setting {key!r} for '{command}'; known: "
+            raise ConfigError(f"--config {path}: unknown setting {key!r} for '{command}'; known: "
                             f"{', '.join(sorted(actions))}")
         out[action.dest] = _config_value(action, value, f"--config {path}: {key}")
     return out
@@ -200,17 +200,19 @@ def _config_value(action, value, where: str):
         return [_config_value(argparse.Action([], "x", type=action.type), v, where) for v in values]
     if action.nargs == 0:  # a switch
         if not isinstance(value, bool):
-            raise DataError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if value is None or isinstance(value, (list, dict)):
-        raise DataError(f"{where}: expected one value, got {value!r}")
+        raise ConfigError(f"{where}: expected one value, got {value!r}")
+    if action.type is int and isinstance(value, float):  # int(2.7) would be 2: refused like the flag
+        raise ConfigError(f"{where}: {value!r} is not a valid int")
     try:
         value = (action.type or str)(value if not isinstance(value, bool) else str(value).lower())
     except (TypeError, ValueError):
         kind = getattr(action.type, "__name__", "value")
-        raise DataError(f"{where}: {value!r} is not a valid {kind}") from None
+        raise ConfigError(f"{where}: {value!r} is not a valid {kind}") from None
     if action.choices and value not in action.choices:
-        raise DataError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value
 
 
@@ -221,7 +223,18 @@ def _progress(values: dict) -> bool:
 def _require(values: dict, *names: str) -> None:
     missing = [n for n in names if not values.get(n)]
     if missing:
-        raise ValueError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)}")
+        raise ConfigError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)}")
+
+
+def _check_before_loading(values: dict, cfg: SelectionConfig | None = None) -> None:
+    """A device this torch or machine has not, and settings that would fail only after the
+    model ran, are refused before any input is read."""
+    from trim_fast.api import check_settings
+    from trim_fast.models.loading import check_device
+
+    check_device(values.get("device"))
+    if cfg is not None:
+        check_settings(cfg.resolved())
 
 
 def _open(values: dict, key: str):
@@ -243,7 +256,7 @@ def _target_tasks(values: dict) -> dict | None:
     if values.get("layout") == "less":  # LESS writes OUT/<task>/: not over the run's own folders
         taken = sorted(set(RUN_FOLDERS) & set(tasks))
         if taken:
-            raise ValueError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
+            raise ConfigError(f"--layout less writes OUT/<task>/, and task name(s) {taken} are "
                              "folders of the run itself; rename the target file(s)")
     return tasks
 
@@ -251,13 +264,60 @@ def _target_tasks(values: dict) -> dict | None:
 RUN_FOLDERS = ("work", "banks", "warmup_adapter", "warmup", "data")
 
 
-def _check_inputs(pool, tasks) -> int:
-    """Read every input record once before any model is loaded: bad data fails in seconds."""
-    size = pool.count() if pool is not None else 0
+def _check_inputs(pool, tasks) -> bytes:
+    """Read every input record once before any model is loaded: bad data fails in seconds.
+    Returns the pool's content digests (16 bytes a record, pool order; see
+    :meth:`~trim_fast.data.formats.Example.digest`), which the end of the run checks again."""
+    digests = bytearray()
+    for ex in pool if pool is not None else ():
+        digests += ex.digest()
     for name, recs in (tasks or {}).items():
         if recs.count() == 0:
             raise DataError(f"targets {name!r}: no records")
-    return size
+    return bytes(digests)
+
+
+def _refuse_glob_into_out(pool, out: str) -> None:
+    """A --pool glob that matches files inside --out would read a run's own outputs (an earlier
+    coreset) as pool records."""
+    out_real = os.path.realpath(out)
+    for d in pool.describe():
+        path = d.get("path")
+        if d.get("glob") and path and os.path.realpath(path).startswith(out_real + os.sep):
+            raise ConfigError(f"--pool {d['glob']}: matches {path}, inside --out {out}; narrow the "
+                              "glob or write the outputs elsewhere")
+
+
+class _Checked:
+    """Pool examples read at the end of a run, each checked against the digest it was scored
+    with; ``take`` as :meth:`Records.take` for the writers."""
+
+    def __init__(self, examples: dict):
+        self.examples = examples
+
+    def take(self, indices):
+        return [self.examples[int(i)] for i in indices]
+
+
+def _recheck_pool(pool, digests: bytes, wanted) -> _Checked:
+    """Read the pool again at the end of a run: every record must still be the one scored (the
+    digests of :func:`_check_inputs`), else the run is refused before anything is written (a
+    pool edited while the run scored would give new text old scores). The examples at the
+    positions ``wanted`` are kept for the outputs: what is written is what was checked."""
+    wanted, kept, n = set(int(i) for i in wanted), {}, 0
+    for n, ex in enumerate(pool, start=1):
+        i = n - 1
+        if 16 * n > len(digests) or ex.digest() != digests[16 * i:16 * n]:
+            raise DataError(f"{ex.source}:{ex.line}: the pool changed while the run was scoring "
+                            f"(record {i}, id {ex.id!r}, is not the record that was scored); "
+                            "nothing was written: run the command again (unchanged chunks are "
+                            "reused)")
+        if i in wanted:
+            kept[i] = ex
+    if 16 * n != len(digests):
+        raise DataError(f"the pool changed while the run was scoring: it holds {n} records, "
+                        f"{len(digests) // 16} were scored; nothing was written: run the command again")
+    return _Checked(kept)
 
 
 def _check_coreset_format(values: dict, pool) -> None:
@@ -311,22 +371,51 @@ def _selector(values: dict, cfg: SelectionConfig, *, adapter: str | None = None)
 
 
 def _write_selection(values: dict, cfg, sel, scores, choice, banks, pool, out_dir, *,
-                     seconds: float, extra: dict | None = None, loss_curves=None) -> dict:
+                     seconds: float, digests: bytes, extra: dict | None = None,
+                     loss_curves=None) -> dict:
+    """Every output of ``select``, written together (:func:`outputs.staged`) from the pool as
+    re-checked against ``digests`` at the end of the run."""
     from trim_fast.run import outputs
+    from trim_fast.selection import select_top_k
 
     layout = values.get("layout", "trim")
-    cols = outputs.score_columns(scores, choice.combined, choice.indices)
-    outputs.write_table(cols, out_dir)
+    wanted = set(choice.indices)
+    if layout == "less":
+        for t_i in range(len(scores.tasks)):
+            wanted.update(select_top_k(scores.score[t_i], choice.k).tolist())
+    checked = _recheck_pool(pool, digests, wanted)
+    cols = outputs.score_columns(scores, choice.combined, choice.indices, digests)
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
                                         sorted(set(scores.sources)))
     name = outputs.coreset_name(cfg.fraction, cfg.k, fmt)
     path = os.path.join(out_dir, name)
-    outputs.write_coreset(pool.take(choice.indices), path, fmt)
+    with outputs.staged(out_dir) as stage:
+        summary = _write_outputs(values, cfg, sel, scores, choice, banks, checked, stage, cols,
+                                 name, fmt, seconds=seconds, extra=extra, loss_curves=loss_curves)
+    logger.info("selected %d of %d -> %s", len(choice.indices), len(scores), path)
+    _refuse_empty_selection(choice, len(scores), out_dir)
+    return summary
+
+
+def _refuse_empty_selection(choice, size: int, out_dir: str) -> None:
+    """Nothing selected is a failed run (exit 2), though its score table is written."""
+    if not choice.indices:
+        raise DataError(f"nothing selected: none of the {size} pool example(s) has a scored token "
+                        f"(every score is -inf); see {os.path.join(out_dir, 'scores.parquet')} "
+                        "(n_counted, n_scored) and check --scope and the targets")
+
+
+def _write_outputs(values: dict, cfg, sel, scores, choice, banks, pool, out_dir, cols, name,
+                   fmt, *, seconds: float, extra: dict | None, loss_curves) -> dict:
+    from trim_fast.run import outputs
+
+    layout = values.get("layout", "trim")
+    outputs.write_table(cols, out_dir)
+    outputs.write_coreset(pool.take(choice.indices), os.path.join(out_dir, name), fmt)
     if layout == "less":  # one folder per task, as LESS writes them
         for t_i, task in enumerate(scores.tasks):
             outputs.write_less_task(os.path.join(out_dir, task), scores, t_i, choice.k, pool,
                                     outputs.coreset_name(cfg.fraction, cfg.k, "jsonl", layout="less"))
-    logger.info("selected %d of %d -> %s", len(choice.indices), len(scores), path)
     summary = outputs.summary(sel.config, scores, choice, banks, seconds=seconds)
     summary["model"] = {"name": sel.model_name}
     summary["resolved"] = {"model": as_dict(build_settings(ModelConfig, values)),
@@ -345,11 +434,13 @@ def cmd_select(values: dict) -> int:
 
     _require(values, "pool", "out")
     cfg = build_settings(SelectionConfig, values)
+    _check_before_loading(values, cfg)
     pool, tasks = _open(values, "pool"), _target_tasks(values)
-    size = _check_inputs(pool, tasks)
+    _refuse_glob_into_out(pool, values["out"])
+    digests = _check_inputs(pool, tasks)
     _check_coreset_format(values, pool)
     if values.get("dry_run"):
-        return dry_run(values, cfg, pool, tasks, size)
+        return dry_run(values, cfg, pool, tasks, len(digests) // 16)
     ctx, device = init_distributed(values.get("device"))
     if device is not None:
         values["device"] = device
@@ -372,7 +463,8 @@ def cmd_select(values: dict) -> int:
                 extra["warmup"] = {"adapter": warm.adapter_dir, "subset_size": len(warm.subset_ids),
                                    "seconds": round(warm.seconds, 3), "final_loss": warm.losses[-1]}
             summary = _write_selection(values, cfg, sel, scores, choice, banks, pool, out_dir,
-                                       seconds=time.perf_counter() - t0, extra=extra,
+                                       seconds=time.perf_counter() - t0, digests=digests,
+                                       extra=extra,
                                        loss_curves={"warmup": warm.losses} if warm else None)
             values["_summary"] = summary
     finally:
@@ -385,7 +477,7 @@ def _warmup_for_select(values: dict, pool, out_dir: str):
     from trim_fast.warmup import reusable_adapter, run_warmup
 
     if values.get("adapter"):
-        raise ValueError("--warmup and --adapter together: --warmup trains its own adapter; pass one")
+        raise ConfigError("--warmup and --adapter together: --warmup trains its own adapter; pass one")
     wcfg = build_settings(WarmupConfig, values, prefix="warmup_", prefixed=_WARMUP_PREFIXED)
     adapter_dir = values.get("warmup_out") or os.path.join(out_dir, "warmup_adapter")
     name = values.get("model")
@@ -445,6 +537,7 @@ def cmd_fingerprint(values: dict) -> int:
 
     _require(values, "out")
     cfg = build_settings(SelectionConfig, values)
+    _check_before_loading(values, cfg)
     tasks = _target_tasks(values)
     pool = _open(values, "pool") if values.get("pool") else None
     if tasks is None and pool is None:
@@ -464,7 +557,8 @@ def cmd_fingerprint(values: dict) -> int:
 
 
 def cmd_score(values: dict) -> int:
-    from trim_fast.bank import FingerprintBank, settings_conflict
+    from trim_fast.api import load_bank
+    from trim_fast.bank import settings_conflict
     from trim_fast.config import BANK_FIELDS
     from trim_fast.run import outputs
     from trim_fast.run.distributed import init_distributed
@@ -472,24 +566,26 @@ def cmd_score(values: dict) -> int:
     _require(values, "bank", "pool", "out")
     banks = {}
     for path in values["bank"]:
-        bank = FingerprintBank.load(path)
+        bank = load_bank(path)
         name = bank.meta.get("task") or os.path.basename(path).split(".")[0]
         if name in banks:
-            raise ValueError(f"{path}: a second bank for task {name!r}")
+            raise BankMismatchError(f"{path}: a second bank for task {name!r}")
         banks[name] = bank
     conflict = settings_conflict(banks)  # refused before the model loads
     if conflict:
-        raise ValueError(conflict)
+        raise BankMismatchError(conflict)
     # the banks' own settings apply; an explicit flag that contradicts them is refused
     first = next(iter(banks.values())).meta["settings"]
     from_banks = {k: first[k] for k in BANK_FIELDS if k in first}
     for k, v in from_banks.items():
         if k in values and values[k] != v:
-            raise ValueError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
+            raise BankMismatchError(f"--{k.replace('_', '-')} {values[k]} contradicts the banks, built "
                              f"with {k}={v!r}; drop the flag or rebuild the banks")
     cfg = build_settings(SelectionConfig, {**values, **from_banks})
+    _check_before_loading(values, cfg)
     pool = _open(values, "pool")
-    _check_inputs(pool, None)
+    _refuse_glob_into_out(pool, values["out"])
+    digests = _check_inputs(pool, None)
     ctx, device = init_distributed(values.get("device"))
     if device is not None:
         values["device"] = device
@@ -500,12 +596,14 @@ def cmd_score(values: dict) -> int:
         scores = sel.score(pool, banks, work_dir=out_dir)
         choice = sel.choose(scores)
         if ctx.is_main:
-            cols = outputs.score_columns(scores, choice.combined, choice.indices)
-            outputs.write_table(cols, out_dir)
+            _recheck_pool(pool, digests, ())
+            cols = outputs.score_columns(scores, choice.combined, choice.indices, digests)
             summary = outputs.summary(sel.config, scores, choice, banks,
                                       seconds=time.perf_counter() - t0)
-            outputs.write_json(summary, os.path.join(out_dir, "summary.json"))
-            outputs.write_report(cols, os.path.join(out_dir, "report.png"))
+            with outputs.staged(out_dir) as stage:
+                outputs.write_table(cols, stage)
+                outputs.write_json(summary, os.path.join(stage, "summary.json"))
+                outputs.write_report(cols, os.path.join(stage, "report.png"))
     finally:
         ctx.close()
     return 0
@@ -535,10 +633,11 @@ def cmd_pick(values: dict) -> int:
         raise DataError(f"{values['scores']}: not a trim-fast score table (needs 'index', 'id' and "
                         "'score' columns)")
     pool = _open(values, "pool")
-    ids, keys = [], []
+    ids, keys, digests = [], [], bytearray()
     for ex in pool:
         ids.append(ex.id)
         keys.append(_record_key(ex.id, ex.source, ex.line))
+        digests += ex.digest()
     _check_coreset_format(values, pool)
     index = table.column("index").to_pylist()
     if sorted(index) != list(range(len(ids))):
@@ -553,6 +652,7 @@ def cmd_pick(values: dict) -> int:
             raise DataError(f"{values['scores']}: the score table does not match the pool: row "
                             f"{row + 1} is example {i} with id {t_ids[row]!r}, the pool's example "
                             f"{i} is {ids[i]!r}")
+    _check_scored_content(values["scores"], table, index, digests, pool)
     cols = sorted(c for c in table.column_names if c.startswith("score[")) or ["score"]
     per_task = torch.full((len(cols), len(ids)), float("nan"))
     for t, c in enumerate(cols):
@@ -564,9 +664,34 @@ def cmd_pick(values: dict) -> int:
     fmt = outputs.resolve_output_format(values.get("output_format", "auto"),
                                         sorted(set(table.column("source").to_pylist())))
     path = os.path.join(out_dir, outputs.coreset_name(cfg.fraction, cfg.k, fmt))
-    outputs.write_coreset(pool.take(choice.indices), path, fmt)
+    selected = pool.take(choice.indices)
+    for i, ex in zip(choice.indices, selected):  # read again: still the records checked above
+        if ex.digest() != digests[16 * i:16 * i + 16]:
+            raise DataError(f"{ex.source}:{ex.line}: the pool changed while pick ran; nothing "
+                            "was written: run it again")
+    outputs.write_coreset(selected, path, fmt)
     logger.info("selected %d of %d -> %s", len(choice.indices), len(ids), path)
+    _refuse_empty_selection(choice, len(ids), os.path.dirname(values["scores"]) or ".")
     return 0
+
+
+def _check_scored_content(scores_path: str, table, index: list, digests: bytes, pool) -> None:
+    """The pool's records must be the ones scored, by content (the digests resume uses): an
+    in-place edit that keeps ids, or lines moved in a pool without ids, is refused naming the
+    first row that differs. A table written before the ``digest`` column existed is read with a
+    warning."""
+    if "digest" not in table.column_names:
+        logger.warning("%s has no 'digest' column (written by an older trim-fast): the pool's "
+                       "records cannot be checked against what was scored, only their ids",
+                       scores_path)
+        return
+    for row, (i, theirs) in enumerate(zip(index, table.column("digest").to_pylist())):
+        if digests[16 * i:16 * i + 16].hex() != theirs:
+            ex = pool.take([i])[0]
+            raise DataError(f"{scores_path}: row {row + 1} scored pool example {i} "
+                            f"({ex.source}:{ex.line}, id {ex.id!r}) with other content than the "
+                            "pool holds now: the pool was edited after it was scored. Score it "
+                            "again (select or score with the same --out redoes only what changed)")
 
 
 def cmd_warmup(values: dict) -> int:
@@ -575,6 +700,7 @@ def cmd_warmup(values: dict) -> int:
 
     _require(values, "pool", "out")
     wcfg = build_settings(WarmupConfig, values)
+    _check_before_loading(values)
     pool = _open(values, "pool")
     _check_inputs(pool, None)
     name = values.get("model")
@@ -648,12 +774,18 @@ def setup_logging(quiet: int, verbose: int) -> None:
 
 
 def main(argv=None) -> int:
+    """Exit status 0; 2 with one line on stderr for a :class:`~trim_fast.errors.TrimError` (a
+    mistake in the inputs) or an ``OSError`` (disk full, permissions: the message names the
+    path); 130 on Ctrl-C; anything else is a bug or out of memory: its traceback, status 1."""
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet, args.verbose)
     try:
         require_extra("cli", "the trim-fast command")
         return COMMANDS[args.command](_values(args))
-    except (DataError, ValueError, OSError, RuntimeError) as exc:
+    except KeyboardInterrupt:
+        print(f"trim-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (TrimError, OSError) as exc:
         print(f"trim-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

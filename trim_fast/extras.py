@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from trim_fast.errors import TrimError
+
 # extra -> the modules it provides (import names), as pyproject.toml's optional-dependencies
 EXTRAS = {
     "plot": ("matplotlib",),
@@ -25,9 +27,9 @@ EXTRAS = {
 }
 
 
-class MissingExtra(ImportError, RuntimeError):
-    """A module of an optional extra is not installed (a RuntimeError too, so the CLI reports it
-    as an error with exit code 2, not a traceback)."""
+class MissingExtra(TrimError, ImportError):
+    """A module of an optional extra is not installed (a :class:`TrimError`: the CLI reports it
+    in one line with exit code 2, not a traceback)."""
 
 
 def _hint(extra: str) -> str:

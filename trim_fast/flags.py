@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+
+from trim_fast.errors import ConfigError
 import typing
 
 
@@ -47,8 +49,10 @@ def build_settings(cls, values: dict, *, prefix: str = "", prefixed=(), base=Non
             kw[f.name] = values[key]
     try:
         return dataclasses.replace(base, **kw) if base is not None else cls(**kw)
-    except TypeError as exc:
-        raise ValueError(f"{cls.__name__}: {exc}") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # the dataclasses' own checks
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
 
 
 __all__ = ["add_settings", "build_settings"]

@@ -23,11 +23,13 @@ import threading
 import time
 
 from trim_fast._notice import must_see
+from trim_fast.errors import HubUnavailableError
 
 log = logging.getLogger("trim_fast.hub")
 
 HUB_TIMEOUT_S = 10.0    # per request (connect, read, write, pool) where huggingface_hub sets none
 HUB_NO_ANSWER_S = 30.0  # no new request once the hub has not answered anything for this long
+HUB_MAX_UNANSWERED = 4  # ... or once this many requests got no answer (DNS failing: each fails at once)
 
 # The hub's repository id grammar: ``name`` or ``org/name``.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
@@ -71,8 +73,10 @@ class _HubWatch:
     def on_request(self, request) -> None:
         with self.lock:
             waited = time.monotonic() - self.start
-            if self.sent and not self.answered and waited > self.give_up:
-                raise _HubNoAnswer(f"no answer from the hub for {waited:.0f}s")
+            if self.sent and not self.answered and (waited > self.give_up
+                                                    or self.sent >= HUB_MAX_UNANSWERED):
+                raise _HubNoAnswer(f"no answer from the hub for {waited:.0f}s "
+                                   f"({self.sent} request(s))")
             self.sent += 1
         timeout = dict(request.extensions.get("timeout") or {})
         request.extensions["timeout"] = {k: min(self.limit, timeout.get(k) or self.limit)
@@ -135,7 +139,7 @@ def bounded_hub_access(what: str, repo: str, *, announce: bool = True,
         yield
     except Exception as err:
         if watch.sent and not watch.answered:
-            raise ConnectionError(
+            raise HubUnavailableError(
                 f"{what} {repo!r}: the hub at {constants.ENDPOINT} did not answer in "
                 f"{time.monotonic() - watch.start:.0f}s ({watch.sent} request(s) sent, each limited "
                 f"to {limit:.0f}s, none answered). Check the network, HF_ENDPOINT or the proxy, set "

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from trim_fast.errors import ConfigError, DataError, ModelError, UnsupportedModelError
 from trim_fast.config import WarmupConfig, as_dict
 from trim_fast.data import Example, Tokenized, tokenize_example
 from trim_fast.progress import Progress
@@ -49,9 +50,9 @@ def warmup_subset(num_examples: int, fraction: float, seed: int) -> list[int]:
     from trim_fast.selection import num_selected
 
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"warmup fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"warmup fraction must be in (0, 1], got {fraction}")
     if num_examples < 1:
-        raise ValueError("warmup: the pool is empty, there is nothing to train on")
+        raise DataError("warmup: the pool is empty, there is nothing to train on")
     k = num_selected(num_examples, fraction=fraction)
     return sorted(random.Random(seed).sample(range(num_examples), k))
 
@@ -124,7 +125,7 @@ def check_target_modules(model, target_modules: Sequence[str]) -> None:
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                          if isinstance(m, torch.nn.Linear)})
-        raise ValueError(f"{type(model).__name__} has no module named {', '.join(missing)} for LoRA; "
+        raise UnsupportedModelError(f"{type(model).__name__} has no module named {', '.join(missing)} for LoRA; "
                          f"its linear layers are named {', '.join(linear) or '(none)'}: pass those "
                          "with --lora-targets")
 
@@ -165,7 +166,7 @@ def run_warmup(model_name_or_None, examples, tokenizer, cfg: WarmupConfig, out_d
     tokenized = [tokenize_example(tokenizer, ex, scope="response", max_length=cfg.max_length) for ex in chosen]
     n_loss_tokens = sum(sum(t.counted[1:]) for t in tokenized)
     if n_loss_tokens == 0:
-        raise ValueError(f"warmup: the {len(subset)} subset example(s) have no response token to train "
+        raise DataError(f"warmup: the {len(subset)} subset example(s) have no response token to train "
                          "on (no assistant turn, or all cut by --max-length)")
 
     if isinstance(model_name_or_None, torch.nn.Module):
@@ -179,7 +180,7 @@ def run_warmup(model_name_or_None, examples, tokenizer, cfg: WarmupConfig, out_d
         model = load_causal_lm(model_name_or_None, dtype=torch_dtype, progress=progress)
         name = model_id or _model_id(model_name_or_None)
     if model.get_output_embeddings() is None:
-        raise ValueError(f"{type(model).__name__} has no LM head; the warmup needs a causal-LM model "
+        raise ModelError(f"{type(model).__name__} has no LM head; the warmup needs a causal-LM model "
                          "(AutoModelForCausalLM)")
     check_target_modules(model, cfg.target_modules)
 

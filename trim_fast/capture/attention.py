@@ -23,6 +23,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from trim_fast.ops.attention_saliency import BACKENDS, attention_saliency_varlen
+from trim_fast.errors import UnsupportedModelError
 from trim_fast.types import SaliencyStats
 
 ATTN_IMPLEMENTATION = "trim_fast_capture"
@@ -31,7 +32,7 @@ LSE_MODES = ("auto", "off")
 _SLOT_ATTR = "_trim_fast_capture_slot"
 
 
-class CaptureUnsupportedError(RuntimeError):
+class CaptureUnsupportedError(UnsupportedModelError, RuntimeError):
     """The model's attention cannot be captured through transformers' AttentionInterface."""
 
 

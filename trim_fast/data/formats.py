@@ -58,6 +58,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from trim_fast.errors import DataError
+
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "tokens", "text")
 CUSTOM_FORMAT = "custom"  # records mapped by a to_messages hook
 ROLES = ("system", "user", "assistant", "tool")
@@ -71,8 +73,7 @@ _TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal")
 ToMessages = Callable[[dict], Any]
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the source, the line or row, and the problem."""
+# DataError lives in trim_fast.errors (the package's error hierarchy); re-exported here
 
 
 @dataclass
@@ -438,7 +439,7 @@ def _prompt_completion_messages(record: dict, where: str) -> list[dict[str, Any]
     return messages
 
 
-MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_COLUMNS = ("images", "videos", "audios", "image", "video", "audio")  # singular too
 
 # Reasoning that some chat datasets keep beside a turn's content (DeepSeek, Qwen3, gpt-oss):
 # refused rather than dropped, since the sentinel rendering fills 'content' only.

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from trim_fast._notice import must_see
 from trim_fast.hub import is_hub_id
+from trim_fast.errors import ConfigError
 from trim_fast.data.formats import (
     CUSTOM_FORMAT, FORMATS, DataError, Example, ToMessages, detect_format, line_digest,
     matching_formats, record_to_example, unknown_format_message)
@@ -69,6 +70,7 @@ class _Reader:
     split: str | None = None
     subset: str | None = None
     container = "source"  # word used in "record is not in the <container>'s format"
+    deep = True  # may the record just yielded nest deeper than MAX_DEPTH? (JSON text: a cheap count)
 
     def rows(self) -> Iterator[tuple[int, Any, bytes | None]]:
         raise NotImplementedError
@@ -122,6 +124,27 @@ def _lone_surrogate(value: Any) -> tuple[str, str | None, int] | None:
     return None
 
 
+MAX_DEPTH = 100  # nesting of lists and dicts in a record; deeper ones are refused when read
+
+
+def _refuse_deep(record: Any, where: str, maybe: bool = True) -> None:
+    """Refuse a record nested deeper than ``MAX_DEPTH`` (valid JSON can nest ~1000 deep): writing
+    it back, digesting it and rendering tools recurse, and would fail after scoring (issue 20)."""
+    if not maybe:
+        return
+    stack = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DataError(f"{where}: the record nests lists/objects more than {MAX_DEPTH} deep; "
+                            "trim_fast refuses such records (they cannot be written back safely); "
+                            "flatten or drop the deep field")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def _field_path(head: str, rest: str) -> str:
     """``messages`` + ``[0].content`` -> ``messages[0].content``."""
     return head if not rest else head + rest if rest.startswith("[") else f"{head}.{rest}"
@@ -139,6 +162,62 @@ def _open_binary(path: str, compression: str | None):
                                                            closefd=True)
         return io.BufferedReader(reader)
     return open(path, "rb")
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50  # ... 0x184D2A5F
+
+
+def _refuse_cut_zstd(path: str) -> None:
+    """A .zst file must be whole frames: the decompressor reads a file cut at a block boundary
+    as a shorter stream without an error, so walk the frame and block headers (no decompression:
+    a seek per block) and refuse a file that ends inside a frame."""
+    size = os.path.getsize(path)
+
+    def cut(why: str) -> DataError:
+        return DataError(f"{path}: the zstd file is truncated ({why}; {size} bytes); the file "
+                         "was cut short (an interrupted copy or download?): fetch or compress it again")
+
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            f.seek(pos)
+            head = f.read(14)
+            if len(head) < 4:
+                raise cut(f"{len(head)} stray byte(s) at byte {pos}")
+            magic = int.from_bytes(head[:4], "little")
+            if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+                if len(head) < 8:
+                    raise cut(f"a skippable frame's header cut at byte {pos}")
+                pos += 8 + int.from_bytes(head[4:8], "little")
+                if pos > size:
+                    raise cut("a skippable frame ends past the end of the file")
+                continue
+            if magic != _ZSTD_MAGIC:
+                raise DataError(f"{path}: not a zstd file at byte {pos} (magic {head[:4].hex()})")
+            if len(head) < 5:
+                raise cut(f"a frame header cut at byte {pos}")
+            desc = head[4]
+            single = desc >> 5 & 1
+            fcs = (0 if not single else 1, 2, 4, 8)[desc >> 6]
+            header = 5 + (0 if single else 1) + (0, 1, 2, 4)[desc & 3] + fcs
+            checksum = 4 if desc >> 2 & 1 else 0
+            pos += header
+            while True:
+                f.seek(pos)
+                block = f.read(3)
+                if len(block) < 3:
+                    raise cut("it ends inside a frame, before its last block")
+                b = int.from_bytes(block, "little")
+                last, kind, bsize = b & 1, b >> 1 & 3, b >> 3
+                pos += 3 + (1 if kind == 1 else bsize)
+                if pos > size:
+                    raise cut("its last block is incomplete")
+                if last:
+                    break
+            pos += checksum
+            if pos > size:
+                raise cut("the frame's checksum is missing")
 
 
 def _read_errors(compression: str | None) -> tuple[type[BaseException], ...]:
@@ -183,6 +262,8 @@ class _JsonFile(_Reader):
 
     def rows(self):
         errors = _read_errors(self.compression)
+        if self.compression == "zstd":
+            _refuse_cut_zstd(self.name)
         try:
             if self._is_array():
                 yield from self._array_rows()
@@ -219,6 +300,7 @@ class _JsonFile(_Reader):
                         raise DataError(f"{self.name}:{line_no}: malformed JSON ({exc.msg} at "
                                         f"column {exc.colno}){hint}") from None
                     self._escapes = "\\ud" in text or "\\uD" in text
+                    self.deep = text.count("[") + text.count("{") > MAX_DEPTH
                     yield line_no, record, line_digest(body)
                 offset += len(raw)
 
@@ -244,6 +326,7 @@ class _JsonFile(_Reader):
             raise DataError(f"{self.name}: a .json file must hold a JSON array of records or "
                             "one record per line")
         self._escapes = "\\ud" in text or "\\uD" in text
+        self.deep = text.count("[") + text.count("{") > MAX_DEPTH
         del text
         for row, record in enumerate(records, start=1):
             yield row, record, None
@@ -265,6 +348,7 @@ def _refuse_wrong_suffix(path: str) -> None:
 
 class _ParquetFile(_Reader):
     kind, container = "parquet", "file"
+    deep = False  # Arrow schemas are not nested a hundred deep
 
     def check_text(self, record: Any, where: str) -> None:
         pass  # Arrow strings are UTF-8
@@ -323,6 +407,7 @@ def _pick_split(obj, split: str | None, name: str):
 
 class _DiskDataset(_Reader):
     kind = "disk"
+    deep = False
 
     def check_text(self, record: Any, where: str) -> None:
         pass  # Arrow strings are UTF-8
@@ -506,7 +591,7 @@ def _string_readers(name: str, split: str | None,
     if os.path.exists(expanded):
         return _path_readers(name if expanded == name else expanded, split), None
     if any(c in name for c in "*?["):
-        matches = sorted(globlib.glob(expanded, recursive=True))
+        matches = _glob(expanded)
         if not matches:
             raise DataError(f"{name}: no file matches this pattern")
         readers = []
@@ -516,6 +601,68 @@ def _string_readers(name: str, split: str | None,
     if not is_hub_id(name):
         raise DataError(f"{name}: no such file or directory")
     return [_HubDataset(name, split, subset)], None
+
+
+def _glob(pattern: str) -> list[str]:
+    """The paths a glob matches, sorted, each real file once: the first spelling (in sorted
+    order) of each resolved path. ``**`` walks directories through symlinks but enters each
+    real directory once, so a symlink loop (``ln -s .. sub/up``) neither repeats records nor
+    runs away."""
+    if "**" not in pattern:
+        return _first_spellings(sorted(globlib.glob(pattern)))
+    parts = pattern.split(os.sep)
+    first = next(i for i, p in enumerate(parts) if globlib.has_magic(p))
+    root = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else os.curdir)
+    rest = parts[first:]
+    found, entered = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in entered:
+            dirnames[:] = []
+            continue
+        entered.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        rel_parts = [] if rel == os.curdir else rel.split(os.sep)
+        if any(p.startswith(".") for p in rel_parts) and not any(r.startswith(".") for r in rest):
+            continue  # as glob: hidden folders only when the pattern names them
+        for name in sorted(filenames + dirnames):
+            if _glob_match(rest, rel_parts + [name]):
+                found.append(os.path.join(dirpath, name) if dirpath != os.curdir or
+                             pattern.startswith(os.curdir) else name)
+    return _first_spellings(sorted(found))
+
+
+def _glob_match(pattern: list[str], parts: list[str]) -> bool:
+    """Path components against pattern components, ``**`` matching any number of them
+    (none included); wildcards do not match a leading dot, as in glob."""
+    import fnmatch
+
+    if not pattern:
+        return not parts
+    head = pattern[0]
+    if head == "**":
+        return any(_glob_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1)
+                   if not any(p.startswith(".") for p in parts[:i]))
+    if not parts:
+        return False
+    if parts[0].startswith(".") and not head.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _glob_match(pattern[1:], parts[1:])
+
+
+def _first_spellings(paths: list[str]) -> list[str]:
+    seen, out = set(), []
+    for p in paths:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            out.append(p)
+    return out
 
 
 @dataclass
@@ -593,19 +740,23 @@ class Records:
         n = 0
         for line, record, digest in reader.rows():
             where = f"{reader.name}:{line}"
+            if record is None or (self._to_messages is None and not isinstance(record, dict)):
+                raise DataError(f"{where}: a record must be a JSON object, got "
+                                f"{type(record).__name__}")
             if self._to_messages is None:
-                if not isinstance(record, dict):
-                    raise DataError(f"{where}: a record must be a JSON object, got "
-                                    f"{type(record).__name__}")
+                _refuse_deep(record, where, reader.deep)
                 shape = detect_format(record)
-                if fmt is None:
-                    if shape is None:
-                        raise DataError(f"{where}: {unknown_format_message(record)}")
+                if self._format is None:
+                    # every record, not only the first: a later record with the fields of two
+                    # shapes would be read as one of them, the other's fields silently ignored
                     shapes = matching_formats(record)
                     if len(shapes) > 1:  # e.g. a tokenized chat dataset keeps its messages
                         raise DataError(f"{where}: the record has the fields of more than one "
                                         f"shape ({', '.join(shapes)}); say which to read with "
                                         f"--format (format= in Python), e.g. --format {shapes[0]}")
+                if fmt is None:
+                    if shape is None:
+                        raise DataError(f"{where}: {unknown_format_message(record)}")
                     fmt = self._detected[e_i] = shape
                 elif self._format is None and shape != fmt:
                     if shape is None:
@@ -713,17 +864,28 @@ def open_records(source: Any, *, split: str | None = None, subset: str | None = 
     """
     if isinstance(source, Records):
         if split is not None or subset is not None or format is not None or to_messages is not None:
-            raise ValueError("open_records: a Records object is already opened; split, subset, "
+            raise ConfigError("open_records: a Records object is already opened; split, subset, "
                              "format and to_messages apply when it is opened")
         return source
     if format is not None and to_messages is not None:
-        raise ValueError("pass format= or to_messages=, not both")
+        raise ConfigError("pass format= or to_messages=, not both")
     if format is not None and format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if isinstance(source, (list, tuple)) and not all(isinstance(r, (dict, Example)) for r in source):
         if any(isinstance(r, (dict, Example)) for r in source):
+            i, item = next((i, r) for i, r in enumerate(source) if not isinstance(r, (dict, Example)))
+            if item is None or not isinstance(item, (str, os.PathLike, list, tuple)) \
+                    and not _is_datasets_object(item):
+                raise DataError(f"open_records: item {i} of the list of records is "
+                                f"{type(item).__name__}, not a record (a dict)")
             raise DataError("open_records: a list mixes records (dicts) and other sources; wrap "
                             "the records in their own list")
+        text = next((r for r in source if isinstance(r, str) and not os.path.exists(r)
+                     and (any(c.isspace() for c in r) or len(r) > 200)), None)
+        if text is not None:
+            raise DataError(f"open_records: {text[:60]!r} is text, not a path or dataset id: a pool "
+                            "is a list of records (dicts such as {'text': ...} or {'messages': "
+                            "[...]}) or a list of paths")
         entries = [e for i, s in enumerate(source)
                    for e in _resolve(s, split, subset, i if _needs_index(s) else None)]
     else:
@@ -765,9 +927,9 @@ def open_tasks(targets: Any, *, task: str | None = None, **open_kw) -> dict[str,
     :func:`open_records`' ``split``, ``subset`` and ``format``."""
     if isinstance(targets, Mapping):
         if task is not None:
-            raise ValueError("task= names a single task; a mapping already names its tasks")
+            raise ConfigError("task= names a single task; a mapping already names its tasks")
         if not targets:
-            raise ValueError("no target task given")
+            raise DataError("no target task given")
         return {str(name): open_records(src, **open_kw) for name, src in targets.items()}
     paths = [targets] if isinstance(targets, (str, os.PathLike)) else targets
     if task is None and isinstance(paths, (list, tuple)) and paths and all(

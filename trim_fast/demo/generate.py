@@ -16,6 +16,7 @@ import json
 import os
 import random
 
+from trim_fast.errors import ConfigError
 from trim_fast.demo import common
 
 FAMILIES = ("arithmetic", "python_docs", "unit_conversion", "conversion_check", "list_sorting",
@@ -141,7 +142,7 @@ def generate(out_dir: str, *, pool_size: int = 1000, targets_per_family: int = 8
     """Write ``pool_chat.jsonl`` (chat ``messages``), ``pool_alpaca.jsonl`` (Alpaca) and
     ``targets/<family>.jsonl``; return a manifest of paths and family counts."""
     if pool_size < len(FAMILIES):
-        raise ValueError(f"pool_size must be at least {len(FAMILIES)}")
+        raise ConfigError(f"pool_size must be at least {len(FAMILIES)}")
     os.makedirs(os.path.join(out_dir, "targets"), exist_ok=True)
     rng = random.Random(seed)
     records = []

