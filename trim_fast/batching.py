@@ -47,6 +47,14 @@ class TokenChunk:
                           torch.tensor(offsets, dtype=torch.int64),
                           torch.tensor(truncated, dtype=torch.int64))
 
+    def subset(self, indices: Sequence[int]) -> "TokenChunk":
+        """The examples ``indices`` (in that order) as a chunk of their own."""
+        rows = [self.example(i) for i in indices]
+        lengths = torch.tensor([0] + [r[0].numel() for r in rows], dtype=torch.int64)
+        return TokenChunk(torch.cat([r[0] for r in rows]) if rows else self.ids[:0],
+                          torch.cat([r[1] for r in rows]) if rows else self.counted[:0],
+                          lengths.cumsum(0), self.truncated[list(indices)])
+
     def to_tensors(self) -> dict[str, torch.Tensor]:
         return {"ids": self.ids, "counted": self.counted.to(torch.uint8), "offsets": self.offsets,
                 "truncated": self.truncated}

@@ -83,11 +83,21 @@ class SelectionConfig:
     chunk_size: int = setting(4096, "pool examples per resumable shard and per unit of work "
                               "across ranks")
     seed: int = setting(0, "seed of every sampled subset")
+    shared_prefix: bool = setting(True, "forward the token prefix all examples of a chunk share "
+                                  "once and only the rest against its keys/values (exact; "
+                                  "causal models without a sliding window)")
+    cut_tails: bool = setting(True, "stop each example's forward at its last counted token "
+                              "(exact under causal attention)")
+    hidden_layer: int | None = setting(None, "early exit: score (and fingerprint) the output of "
+                                       "block L and stop the pool's forward there (default: the "
+                                       "last layer, after the final norm)", metavar="L")
 
     def __post_init__(self):
         _check_choices(self)
         if self.center_sample < 1:
             raise ValueError(f"center_sample must be >= 1, got {self.center_sample}")
+        if self.hidden_layer is not None and self.hidden_layer < 1:
+            raise ValueError(f"hidden_layer must be >= 1 (or None: the last), got {self.hidden_layer}")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.k is not None and self.k < 1:
@@ -129,9 +139,9 @@ class SelectionConfig:
 
 
 BANK_FIELDS = ("method", "layers", "w_row", "w_col", "scope", "max_length", "center",
-               "center_sample")
+               "center_sample", "hidden_layer")
 SCORING_FIELDS = ("method", "scope", "max_length", "max_tokens", "fallback", "fallback_penalty",
-                  "idf", "w_mean", "w_max", "w_coverage", "center", "chunk_size")
+                  "idf", "w_mean", "w_max", "w_coverage", "center", "chunk_size", "hidden_layer")
 
 
 @dataclass
