@@ -194,3 +194,22 @@ def test_selection_with_levers_equals_the_plain_path_smollm2(tmp_path):
         fast = _select(None, data["pool"], targets)
         plain = _select(None, data["pool"], targets, shared_prefix=False, cut_tails=False)
         _assert_same_selection(fast, plain)
+
+
+def test_tight_batches_pad_less_and_keep_every_example():
+    from trim_fast.batching import token_budget_batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 120, (300,), generator=g).tolist()
+
+    def slots(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    loose = token_budget_batches(lengths, 8192)
+    tight = token_budget_batches(lengths, 8192, tight_from=1024)
+    assert sorted(i for b in tight for i in b) == list(range(300))
+    assert all(len(b) * max(lengths[i] for i in b) <= 8192 for b in tight)
+    assert slots(tight) < slots(loose)
+    for b in tight:  # a batch ends early only once it holds tight_from tokens
+        assert min(lengths[i] for i in b) >= 0.9 * lengths[b[0]] or \
+            (len(b) - 1) * lengths[b[0]] < 1024

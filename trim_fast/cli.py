@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trim_fast.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
+    from trim_fast.benchmark import add_bench_parser
+
+    add_bench_parser(sub)
     return ap
 
 
@@ -629,6 +632,12 @@ def _print_precision(title: str, summary: dict) -> None:
         print(f"{task:<20} {p['precision']:>12.3f} {p['family_share_of_pool']:>13.3f}")
 
 
+def _cmd_bench(values: dict) -> int:
+    from trim_fast.benchmark import cmd_bench
+
+    return cmd_bench(values)
+
+
 def _cmd_eval(values: dict) -> int:
     from trim_fast.evaluation.cli import cmd_eval
 
@@ -636,7 +645,8 @@ def _cmd_eval(values: dict) -> int:
 
 
 COMMANDS = {"select": cmd_select, "fingerprint": cmd_fingerprint, "score": cmd_score,
-            "pick": cmd_pick, "warmup": cmd_warmup, "demo": cmd_demo, "eval": _cmd_eval}
+            "pick": cmd_pick, "warmup": cmd_warmup, "demo": cmd_demo, "eval": _cmd_eval,
+            "bench": _cmd_bench}
 
 
 def setup_logging(quiet: int, verbose: int) -> None:

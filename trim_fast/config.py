@@ -141,7 +141,8 @@ class SelectionConfig:
 BANK_FIELDS = ("method", "layers", "w_row", "w_col", "scope", "max_length", "center",
                "center_sample", "hidden_layer")
 SCORING_FIELDS = ("method", "scope", "max_length", "max_tokens", "fallback", "fallback_penalty",
-                  "idf", "w_mean", "w_max", "w_coverage", "center", "chunk_size", "hidden_layer")
+                  "idf", "w_mean", "w_max", "w_coverage", "center", "chunk_size", "hidden_layer",
+                  "shared_prefix", "cut_tails")
 
 
 @dataclass

@@ -239,7 +239,8 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
 def _run_settings(cfg: SelectionConfig) -> dict:
     """The settings of a config that are not the method's choices (batching, seed ...), so a
     variant of another method starts from that method's own defaults."""
-    keep = ("max_length", "max_tokens", "chunk_size", "seed", "saliency", "center_sample")
+    keep = ("max_length", "max_tokens", "chunk_size", "seed", "saliency", "center_sample",
+            "shared_prefix", "cut_tails", "hidden_layer")
     return {k: getattr(cfg, k) for k in keep}
 
 
