@@ -235,10 +235,9 @@ class ForwardLoop:
     the batches are today's: whole examples, length-sorted under ``max_tokens``."""
 
     PREFIX_CACHE = 4  # distinct prefixes kept (one per pool, usually)
-    # re-batching: on a CPU a batch of ~1k tokens runs as fast per token as a bigger one, so a
-    # batch that big ends before a much shorter example instead of padding it; a GPU wants
-    # full batches (its padding is cheaper than an under-filled launch)
-    TIGHT_FROM = {"cpu": 1024}
+    # tight re-batching (a batch of >= N tokens ends before a much shorter example), per device
+    # type; off: measured slower on the shared 2-core CPU (bench/RESULTS.md, issue 19)
+    TIGHT_FROM: dict[str, int] = {}
 
     def __init__(self, base, *, pad_id: int, max_tokens: int, layers=(None,),
                  shared_prefix: bool = True, cut_tails: bool = True,
