@@ -15,7 +15,7 @@ python -c "import torch, triton, transformers; print(torch.__version__, triton._
 step kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/test_attention_saliency_triton.py tests/test_token_match.py tests/test_fingerprints.py tests/test_selection.py
 step attention_saliency 180 python bench/gpu_attention_saliency.py --out "$OUT/attention_saliency.json"
 step capture 120 python bench/bench_capture.py --device cuda --dtype bfloat16 --backends triton,torch --repeats 5
-step pool_throughput 120 python bench/pool_throughput.py --device cuda --pool-size 4096 --max-tokens 65536 --repeats 3 --out "$OUT/pool_throughput.json"
-step pool_throughput_paper 90 python bench/pool_throughput.py --device cuda --pool-size 4096 --max-tokens 65536 --repeats 3 --method paper --out "$OUT/pool_throughput_paper.json"
+# trim-fast bench: scoring (levers on / off) vs bare forward vs naive frontend, saliency vs SDPA
+step trim_bench 150 python -m trim_fast bench --device cuda --pool-size 4096 --max-tokens 65536 --repeats 3 --saliency-n 1024 4096 16384 --out "$OUT/trim_bench.json"
 step scoring 120 python bench/bench_scoring.py --device cuda --backends triton,torch --tokens 4000000
 echo "done: $OUT"

@@ -1,4 +1,6 @@
-"""Pool-scoring throughput (issue 7), three paths side by side in one run, same pool:
+"""Pool-scoring throughput (issue 7), three paths side by side in one run, same pool
+(``trim-fast bench`` supersedes this script: it adds the levers-off path, the prefix share,
+padding waste, peak memory and the saliency kernel):
 
 A. trim_fast pool scoring: length-sorted token-budget batches, base model only (SDPA), fused
    matching + pooling against a fingerprint bank; tokens/s of the whole scoring loop.
@@ -55,6 +57,7 @@ def main() -> None:
     from trim_fast.data import open_records
     from trim_fast.demo.generate import generate
     from trim_fast.models.loading import load_causal_lm, load_model, load_tokenizer, parse_dtype
+    from trim_fast.capture.forward import ForwardLoop
     from trim_fast.scoring.engine import BatchScorer, score_chunk, tokenize_chunk
 
     import importlib.util
@@ -111,8 +114,10 @@ def main() -> None:
     idf = torch.ones(vocab)
     scorer = BatchScorer(banks, cfg, idf if cfg.idf == "pool" else None, device)
 
+    loop = ForwardLoop(model, pad_id=pad_id, max_tokens=cfg.max_tokens)  # the default levers
+
     def path_a():
-        score_chunk(model, chunk, scorer, pad_id=pad_id, max_tokens=cfg.max_tokens)
+        score_chunk(loop, chunk, scorer)
 
     def path_b():
         for batch in batches:

@@ -19,12 +19,12 @@ LAYERS = (
      "run", "run.files", "run.distributed"),
     # settings, the naive oracle, the kernels, saliency -> alpha
     ("config", "reference", "ops", "saliency"),
-    # records: sources, shapes, rendering to counted tokens (SPEC 0)
-    ("data",),
+    # records: sources, shapes, rendering to counted tokens (SPEC 0); token chunks and batches
+    ("data", "batching"),
     # models and the capture inside their attention
     ("models", "capture"),
-    # batches; fingerprint banks and building them (SPEC 2)
-    ("batching", "bank"),
+    # fingerprint banks and building them (SPEC 2)
+    ("bank",),
     # the resumable work directory and the streamed pool scorer (SPEC 3)
     ("run.workdir", "scoring"),
     # combine, round k, top-k (SPEC 4)
@@ -36,7 +36,7 @@ LAYERS = (
     # the LoRA warmup (SPEC 5), which runs selections
     ("warmup",),
     # the faces
-    ("__main__", "cli", "flags", "evaluation", "demo", "integrations"),
+    ("__main__", "cli", "flags", "evaluation", "demo", "integrations", "benchmark"),
 )
 
 

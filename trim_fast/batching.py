@@ -47,6 +47,14 @@ class TokenChunk:
                           torch.tensor(offsets, dtype=torch.int64),
                           torch.tensor(truncated, dtype=torch.int64))
 
+    def subset(self, indices: Sequence[int]) -> "TokenChunk":
+        """The examples ``indices`` (in that order) as a chunk of their own."""
+        rows = [self.example(i) for i in indices]
+        lengths = torch.tensor([0] + [r[0].numel() for r in rows], dtype=torch.int64)
+        return TokenChunk(torch.cat([r[0] for r in rows]) if rows else self.ids[:0],
+                          torch.cat([r[1] for r in rows]) if rows else self.counted[:0],
+                          lengths.cumsum(0), self.truncated[list(indices)])
+
     def to_tensors(self) -> dict[str, torch.Tensor]:
         return {"ids": self.ids, "counted": self.counted.to(torch.uint8), "offsets": self.offsets,
                 "truncated": self.truncated}
@@ -59,11 +67,14 @@ class TokenChunk:
         return token_budget_batches(self.lengths(), max_tokens)
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, *,
+                         tight_from: int | None = None, tight_ratio: float = 0.9) -> list[list[int]]:
     """Indices of ``lengths`` grouped into batches whose padded size ``B * max_len`` is at most
     ``max_tokens``. Longest first, ties by index, so padding stays small and the result is
     deterministic; every index appears exactly once; an example longer than the budget gets a
-    batch of its own. A length of 0 counts as 1."""
+    batch of its own. A length of 0 counts as 1. ``tight_from``: a batch that already holds
+    that many tokens also ends before an example shorter than ``tight_ratio`` times its
+    longest (less padding where a bigger batch would not run faster, as on CPUs)."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
     lens = []
@@ -76,7 +87,10 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[i
     current: list[int] = []
     for i in order:
         # Longest first: the batch's padded length is its first member's.
-        if current and (len(current) + 1) * lens[current[0]] > max_tokens:
+        full = (len(current) + 1) * lens[current[0]] > max_tokens if current else False
+        tight = (tight_from is not None and current and len(current) * lens[current[0]] >= tight_from
+                 and lens[i] < tight_ratio * lens[current[0]])
+        if full or tight:
             batches.append(current)
             current = []
         current.append(i)

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trim_fast.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
+    from trim_fast.benchmark import add_bench_parser
+
+    add_bench_parser(sub)
     return ap
 
 
@@ -501,8 +504,7 @@ def dry_run(values: dict, cfg: SelectionConfig, pool, tasks, size: int) -> int:
 
     import torch
 
-    from trim_fast.batching import pad_batch
-    from trim_fast.capture import encode_last_hidden
+    from trim_fast.capture.forward import loop_for
     from trim_fast.models.prepare import forward_model
     from trim_fast.scoring.engine import tokenize_chunk
 
@@ -511,15 +513,17 @@ def dry_run(values: dict, cfg: SelectionConfig, pool, tasks, size: int) -> int:
     chunk = tokenize_chunk(sel.tokenizer, sample, cfg)
     per_example = chunk.ids.numel() / max(1, len(chunk))
     with forward_model(sel.model) as base:
-        device = next(base.parameters()).device
-        batch = chunk.batches(cfg.max_tokens)[0]
-        ids, mask, _ = pad_batch([chunk.example(i) for i in batch], sel.pad_id, device)
-        encode_last_hidden(base, ids, mask)  # warm the kernels
+        loop = loop_for(base, cfg, pad_id=sel.pad_id)
+        device = loop.device
+        first = chunk.batches(cfg.max_tokens)[0]
+        for _ in loop.hidden_batches(chunk.subset(first)):  # warm the kernels (and the prefix)
+            pass
         t0 = time.perf_counter()
-        encode_last_hidden(base, ids, mask)
+        for _ in loop.hidden_batches(chunk.subset(first)):
+            pass
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        tok_s = int(mask.sum()) / max(time.perf_counter() - t0, 1e-9)
+        tok_s = sum(chunk.lengths()[i] for i in first) / max(time.perf_counter() - t0, 1e-9)
     est_tokens = per_example * size
     report = {"pool_examples": size, "target_tasks": {n: r.count() for n, r in (tasks or {}).items()}
               or {"in_domain": min(cfg.target_sample, size)},
@@ -752,6 +756,12 @@ def _print_precision(title: str, summary: dict) -> None:
         print(f"{task:<20} {p['precision']:>12.3f} {p['family_share_of_pool']:>13.3f}")
 
 
+def _cmd_bench(values: dict) -> int:
+    from trim_fast.benchmark import cmd_bench
+
+    return cmd_bench(values)
+
+
 def _cmd_eval(values: dict) -> int:
     from trim_fast.evaluation.cli import cmd_eval
 
@@ -759,7 +769,8 @@ def _cmd_eval(values: dict) -> int:
 
 
 COMMANDS = {"select": cmd_select, "fingerprint": cmd_fingerprint, "score": cmd_score,
-            "pick": cmd_pick, "warmup": cmd_warmup, "demo": cmd_demo, "eval": _cmd_eval}
+            "pick": cmd_pick, "warmup": cmd_warmup, "demo": cmd_demo, "eval": _cmd_eval,
+            "bench": _cmd_bench}
 
 
 def setup_logging(quiet: int, verbose: int) -> None:

@@ -110,11 +110,25 @@ class SelectionConfig:
     chunk_size: int = setting(4096, "pool examples per resumable shard and per unit of work "
                               "across ranks", stages=("score",), keyed=("score",))
     seed: int = setting(0, "seed of every sampled subset", stages=("fingerprint", "score"))
+    shared_prefix: bool = setting(True, "forward the token prefix all examples of a chunk share "
+                                  "once and only the rest against its keys/values (exact; "
+                                  "causal models without a sliding window)",
+                                  stages=("fingerprint", "score"), keyed=("score",))
+    cut_tails: bool = setting(True, "stop each example's forward at its last counted token "
+                              "(exact under causal attention)",
+                              stages=("fingerprint", "score"), keyed=("score",))
+    hidden_layer: int | None = setting(None, "early exit: score (and fingerprint) the output of "
+                                       "block L and stop the pool's forward there (default: the "
+                                       "last layer, after the final norm)", metavar="L",
+                                       stages=("fingerprint", "score"),
+                                       keyed=("fingerprint", "score"))
 
     def __post_init__(self):
         _check_choices(self)
         if self.center_sample < 1:
             raise ValueError(f"center_sample must be >= 1, got {self.center_sample}")
+        if self.hidden_layer is not None and self.hidden_layer < 1:
+            raise ValueError(f"hidden_layer must be >= 1 (or None: the last), got {self.hidden_layer}")
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.k is not None and self.k < 1:

@@ -8,8 +8,8 @@ from typing import Sequence
 import torch
 
 from trim_fast.bank import FingerprintAccumulator, FingerprintBank
-from trim_fast.batching import TokenChunk, pad_batch
-from trim_fast.capture import capture_eager, capture_saliency, encode_last_hidden
+from trim_fast.batching import TokenChunk
+from trim_fast.capture.forward import ForwardLoop, loop_for
 from trim_fast.config import SelectionConfig
 from trim_fast.progress import Progress
 
@@ -24,16 +24,12 @@ def fingerprint_tokens(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id
         raise ValueError("empty target set: a task needs at least one target example")
     if not bool(chunk.counted.any()):
         raise ValueError(f"the target set has no counted tokens under scope={cfg.scope!r}")
-    device = next(model.parameters()).device
     acc = None
-    kw = dict(layers=cfg.layers, w_row=cfg.w_row, w_col=cfg.w_col)
+    loop = ForwardLoop(model, pad_id=pad_id, max_tokens=cfg.max_tokens)
+    batches = loop.capture_batches(chunk, layers=cfg.layers, w_row=cfg.w_row, w_col=cfg.w_col,
+                                   saliency=cfg.saliency, hidden_layer=cfg.hidden_layer)
     with Progress(int(chunk.ids.numel()), "fingerprinting", progress) as bar:
-        for batch in chunk.batches(cfg.max_tokens):
-            ids, mask, counted = pad_batch([chunk.example(i) for i in batch], pad_id, device)
-            if cfg.saliency == "eager":
-                cap = capture_eager(model, ids, mask, **kw)
-            else:
-                cap = capture_saliency(model, ids, mask, backend=cfg.saliency, **kw)
+        for _, ids, mask, counted, cap in batches:
             if acc is None:
                 acc = FingerprintAccumulator(cap.hidden.shape[-1])
             hidden = cap.hidden[counted]
@@ -46,18 +42,12 @@ def fingerprint_tokens(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id
 
 def mean_state(model, chunk: TokenChunk, cfg: SelectionConfig, *, pad_id: int,
                forward_cache=None) -> torch.Tensor:
-    """``[d]`` fp32: the mean last hidden state of the counted tokens of ``chunk`` (accumulated in
+    """``[d]`` fp32: the mean hidden state (at ``cfg.hidden_layer``) of the counted tokens of ``chunk`` (accumulated in
     float64), the center of ``cfg.center == "pool"``. ``forward_cache``: a
     :class:`trim_fast.scoring.engine.ForwardCache` to take the forward passes from."""
-    device = next(model.parameters()).device
     total, count = None, 0
-    for batch in chunk.batches(cfg.max_tokens):
-        ids, mask, counted = pad_batch([chunk.example(i) for i in batch], pad_id, device)
-        if forward_cache is None:
-            hidden = encode_last_hidden(model, ids, mask)
-        else:
-            hidden = forward_cache.hidden(ids, lambda: encode_last_hidden(model, ids, mask))
-        hidden = hidden[counted].double()
+    for hb in loop_for(model, cfg, pad_id=pad_id, forward_cache=forward_cache).hidden_batches(chunk):
+        hidden = hb.hidden[hb.counted].double()
         total = hidden.sum(0) if total is None else total + hidden.sum(0)
         count += hidden.shape[0]
     if not count:

@@ -80,6 +80,15 @@ def _base_forward(base, input_ids, layout: PackedLayout, **kwargs):
                 position_ids=layout.position_ids(), use_cache=False, return_dict=True, **kwargs)
 
 
+def _states_kw(hidden_layer: int) -> dict:
+    return {} if hidden_layer == -1 else {"output_hidden_states": True}
+
+
+def _states(out, hidden_layer: int) -> torch.Tensor:
+    """The last hidden state (``-1``) or block ``hidden_layer``'s output."""
+    return out.last_hidden_state if hidden_layer == -1 else out.hidden_states[hidden_layer]
+
+
 def _check_weights(w_row: float, w_col: float) -> None:
     for name, w in (("w_row", w_row), ("w_col", w_col)):
         if not isinstance(w, (int, float)) or w != w:
@@ -97,6 +106,7 @@ def capture_saliency(
     backend: str = "auto",
     lse: str = "auto",
     stats_fn=default_stats_fn,
+    hidden_layer: int = -1,
 ) -> CaptureResult:
     """SPEC 1 alpha and SPEC 2 hidden states from one SDPA forward of the base model.
 
@@ -105,18 +115,20 @@ def capture_saliency(
     row log-sum-exp of the attention forward to the saliency call where the attention kernel
     exposes it (CPU flash attention, any mask; CUDA flash attention, fp16/bf16 batches with no
     mask, spot-checked once per call, else plain SDPA); ``"off"`` never. ``stats_fn``: the
-    saliency statistics call (default: the kernels), e.g. another kernel. Eval mode only.
+    saliency statistics call (default: the kernels), e.g. another kernel. ``hidden_layer``:
+    ``hidden`` is the output of that block (``-1``: the last layer after the final norm), as
+    pool scoring with an early exit reads it. Eval mode only.
     """
     _check_weights(w_row, w_col)
     base, input_ids, layout = _prepare(model, input_ids, attention_mask)
     with capturing(model, layers=layers, backend=backend, lse=lse, stats_fn=stats_fn) as session:
         session.begin(layout)
         with torch.inference_mode():
-            out = _base_forward(base, input_ids, layout)
+            out = _base_forward(base, input_ids, layout, **_states_kw(hidden_layer))
         stats = _collect(model, session)
     ts = token_saliency(stats, w_row=w_row, w_col=w_col)
     return CaptureResult(
-        input_ids=input_ids, attention_mask=layout.valid, hidden=out.last_hidden_state,
+        input_ids=input_ids, attention_mask=layout.valid, hidden=_states(out, hidden_layer),
         alpha=layout.unpack(ts.alpha), row=layout.unpack(ts.row), col=layout.unpack(ts.col),
         layers_used=session.layer_indices, layer_stats=stats, cu_seqlens=layout.cu_seqlens)
 
@@ -160,6 +172,7 @@ def capture_eager(
     layers: int = 6,
     w_row: float = 0.5,
     w_col: float = 0.5,
+    hidden_layer: int = -1,
 ) -> CaptureResult:
     """The naive twin (``--saliency eager``): eager attention with ``output_attentions``,
     alpha from the materialised probabilities of the last ``layers`` layers and the visibility
@@ -181,7 +194,8 @@ def capture_eager(
     try:
         model.set_attn_implementation("eager")
         with torch.inference_mode():
-            out = _base_forward(base, input_ids, layout, output_attentions=True)
+            out = _base_forward(base, input_ids, layout, output_attentions=True,
+                                **_states_kw(hidden_layer))
     finally:
         if model.config._attn_implementation != previous:
             model.set_attn_implementation(previous)
@@ -193,7 +207,7 @@ def capture_eager(
     visible = model_visibility(layout, causal=causal, window=windows[used[0]])
     ts = token_saliency_from_probs([attentions[i] for i in used], visible, w_row=w_row, w_col=w_col)
     return CaptureResult(
-        input_ids=input_ids, attention_mask=layout.valid, hidden=out.last_hidden_state,
+        input_ids=input_ids, attention_mask=layout.valid, hidden=_states(out, hidden_layer),
         alpha=ts.alpha, row=ts.row, col=ts.col, layers_used=used)
 
 

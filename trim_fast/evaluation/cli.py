@@ -48,7 +48,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     add_settings(p, ModelConfig, only=("model", "device", "dtype"))
-    add_settings(p, SelectionConfig, only=("max_tokens",))
+    add_settings(p, SelectionConfig, only=("max_tokens", "shared_prefix", "cut_tails", "hidden_layer"))
 
 
 def cmd_eval(values: dict) -> int:

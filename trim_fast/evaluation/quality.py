@@ -24,7 +24,7 @@ import torch
 
 from trim_fast.errors import DataError
 from trim_fast.api import Selector
-from trim_fast.batching import pad_batch
+from trim_fast.capture.forward import check_hidden_layer, loop_for
 from trim_fast.data import Example, Records, tokenize_example
 from trim_fast.evaluation.metrics import bm25_scores, precision_recall, random_selections
 from trim_fast.extras import require
@@ -50,23 +50,19 @@ def example_text(ex: Example) -> str:
 def mean_pooled_states(selector: Selector, records, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """``{layer: [P, d]}``: each example's counted hidden states averaged (all its tokens when
     none counts), from the output of each given layer (``-1``: the last, after the final norm).
-    One forward with ``output_hidden_states``, batched as the scorer batches."""
+    One pass of the forward loop the scorer uses, all layers from it."""
     cfg = selector.config
     out: dict[int, list] = {layer: [] for layer in layers}
-    with forward_model(selector.model) as base, torch.inference_mode():
-        device = next(base.parameters()).device
+    with forward_model(selector.model) as base:
+        loop = loop_for(base, cfg, pad_id=selector.pad_id, layers=layers)
         for _, _, examples in iter_chunks(records, cfg.chunk_size):
             chunk = tokenize_chunk(selector.tokenizer, examples, cfg)
             pooled = {layer: [None] * len(chunk) for layer in layers}
-            for batch in chunk.batches(cfg.max_tokens):
-                ids, mask, counted = pad_batch([chunk.example(i) for i in batch], selector.pad_id,
-                                               device)
-                res = base(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                           use_cache=False)
+            for hb in loop.hidden_batches(chunk):
                 for layer in layers:
-                    hidden = (res.last_hidden_state if layer == -1 else res.hidden_states[layer]).float()
-                    for row, i in enumerate(batch):
-                        keep = counted[row] if bool(counted[row].any()) else mask[row].bool()
+                    hidden = hb.states[check_hidden_layer(loop.base, layer)].float()
+                    for row, i in enumerate(hb.index):
+                        keep = hb.counted[row] if bool(hb.counted[row].any()) else hb.mask[row]
                         pooled[layer][i] = hidden[row][keep].mean(0).cpu()
             for layer in layers:
                 out[layer].extend(pooled[layer])
@@ -245,7 +241,8 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
 def _run_settings(cfg: SelectionConfig) -> dict:
     """The settings of a config that are not the method's choices (batching, seed ...), so a
     variant of another method starts from that method's own defaults."""
-    keep = ("max_length", "max_tokens", "chunk_size", "seed", "saliency", "center_sample")
+    keep = ("max_length", "max_tokens", "chunk_size", "seed", "saliency", "center_sample",
+            "shared_prefix", "cut_tails", "hidden_layer")
     return {k: getattr(cfg, k) for k in keep}
 
 

@@ -15,13 +15,13 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file
 
-from trim_fast.batching import TokenChunk, pad_batch
-from trim_fast.capture import encode_last_hidden
+from trim_fast.batching import TokenChunk
+from trim_fast.capture.forward import ForwardCache, ForwardLoop, loop_for
 from trim_fast.config import SelectionConfig
 from trim_fast.data import DataError, tokenize_example, tokenizer_digest
 from trim_fast.ops.token_match import match_and_pool
@@ -61,37 +61,6 @@ class PoolScores:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-class ForwardCache:
-    """Hidden states of forward batches, kept in memory (CPU) by the batch's exact token ids, so
-    scoring one pool again (other banks or pooling settings, as the evaluation's variants do)
-    skips the forward and gives the same numbers bit for bit. For pools that fit in memory. A
-    cache belongs to the weights it was filled with: :meth:`bind` refuses other weights."""
-
-    def __init__(self) -> None:
-        self._hidden: dict[bytes, torch.Tensor] = {}
-        self.weights: str | None = None
-
-    def __len__(self) -> int:
-        return len(self._hidden)
-
-    def bind(self, identity: str) -> None:
-        """Tie the cache to one model's weights, dtype and device type (on first use); refuse
-        any other."""
-        if self.weights is None:
-            self.weights = identity
-        elif self.weights != identity:
-            raise ValueError("this ForwardCache holds hidden states of other weights or another "
-                             f"dtype (weights digest, dtype, device: {self.weights}; this model: "
-                             f"{identity}); use a new one")
-
-    def hidden(self, ids: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = hashlib.blake2b(ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode(),
-                              digest_size=16).digest()
-        if key not in self._hidden:
-            self._hidden[key] = compute().cpu()
-        return self._hidden[key].to(ids.device)
 
 
 def iter_chunks(examples: Iterable, chunk_size: int) -> Iterator[tuple[int, int, list]]:
@@ -140,21 +109,25 @@ def tokenize_chunk(tokenizer, examples: Sequence, cfg: SelectionConfig) -> Token
 
 
 class BatchScorer:
-    """The forward and the per-task scoring of one batch, for a method and its banks: the last
-    hidden states, centred by the banks' mean state where the method centres (all banks of a run
-    share it), matched and pooled against each bank."""
+    """The per-task scoring of one batch's hidden states, for a method and its banks: centred by
+    the banks' mean state where the method centres (all banks of a run share it), matched and
+    pooled against each bank. Refuses banks fingerprinted at another layer than
+    ``cfg.hidden_layer``."""
 
     def __init__(self, banks: dict, cfg: SelectionConfig, idf: torch.Tensor | None,
                  device: torch.device):
+        for task, bank in banks.items():
+            built = (bank.meta.get("settings") or {}).get("hidden_layer")
+            if built != cfg.hidden_layer:
+                raise ValueError(f"bank {task!r} was fingerprinted at hidden_layer={built!r}, this "
+                                 f"run scores at hidden_layer={cfg.hidden_layer!r}; use the same "
+                                 "layer for both")
         self.tasks = list(banks)
         self.tables = [banks[t].tables(device) for t in self.tasks]
         self.cfg = cfg
         self.idf = None if idf is None else idf.to(device)
         center = next(iter(banks.values())).center
         self.center = None if center is None else center.to(device)
-
-    def encode(self, model, ids, mask) -> torch.Tensor:
-        return encode_last_hidden(model, ids, mask)
 
     def score(self, hidden, ids, counted) -> list:
         cfg = self.cfg
@@ -167,21 +140,15 @@ class BatchScorer:
                 for t in self.tables]
 
 
-def score_chunk(model, chunk: TokenChunk, scorer: BatchScorer, *, pad_id: int,
-                max_tokens: int, forward_cache: ForwardCache | None = None) -> dict[str, torch.Tensor]:
-    """Per-task scores of one chunk (``[T, n]`` each) and its per-example token counts."""
-    device = next(model.parameters()).device
+def score_chunk(loop: ForwardLoop, chunk: TokenChunk, scorer: BatchScorer) -> dict[str, torch.Tensor]:
+    """Per-task scores of one chunk (``[T, n]`` each) and its per-example token counts, its
+    batches forwarded by ``loop`` (the levers and the hidden layer are the loop's)."""
     n, t = len(chunk), len(scorer.tasks)
     out = {k: torch.full((t, n), float("nan")) for k in SCORE_FIELDS}
     out.update({k: torch.zeros((t, n), dtype=torch.int64) for k in COUNT_FIELDS})
-    for batch in chunk.batches(max_tokens):
-        ids, mask, counted = pad_batch([chunk.example(i) for i in batch], pad_id, device)
-        if forward_cache is None:
-            hidden = scorer.encode(model, ids, mask)
-        else:
-            hidden = forward_cache.hidden(ids, lambda: scorer.encode(model, ids, mask))
-        index = torch.tensor(batch, dtype=torch.long)
-        for t_i, pooled in enumerate(scorer.score(hidden, ids, counted)):
+    for hb in loop.hidden_batches(chunk):
+        index = torch.tensor(hb.index, dtype=torch.long)
+        for t_i, pooled in enumerate(scorer.score(hb.hidden, hb.ids, hb.counted)):
             for k in SCORE_FIELDS:
                 out[k][t_i, index] = getattr(pooled, k).float().cpu()
             for k in COUNT_FIELDS:
@@ -242,6 +209,7 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     df.num_examples = n_examples
     device = next(model.parameters()).device
     scorer = BatchScorer(banks, cfg, df.idf() if cfg.idf == "pool" else None, device)
+    loop = loop_for(model, cfg, pad_id=pad_id, forward_cache=forward_cache)
     # pass 2: score this rank's chunks that have no valid shard yet. The pool IDF makes every
     # shard depend on the whole pool's content, not only on its own chunk's.
     pool_digest = hashlib.blake2b("".join(digests).encode(), digest_size=16).hexdigest()
@@ -258,8 +226,7 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
             shard = workdir.load(workdir.score_path(c), header) if workdir else None
             if shard is None:
                 t0 = time.perf_counter()
-                shard = score_chunk(model, chunk, scorer, pad_id=pad_id,
-                                    max_tokens=cfg.max_tokens, forward_cache=forward_cache)
+                shard = score_chunk(loop, chunk, scorer)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds += time.perf_counter() - t0
