@@ -332,6 +332,8 @@ def combine_tasks(task_scores: torch.Tensor, how: str = "quantile") -> torch.Ten
     task's finite scores at most the example's; then the max over tasks), ``max`` or ``mean``."""
     if task_scores.ndim != 2 or task_scores.shape[0] == 0:
         raise ValueError(f"combine_tasks: expected [tasks, pool] scores, got {tuple(task_scores.shape)}")
+    if how == "quantile" and task_scores.shape[0] == 1:
+        return task_scores[0]
     if how == "quantile":
         rows = []
         for row in task_scores.double().tolist():

@@ -75,9 +75,10 @@ def task_quantiles(task_scores: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def combine_tasks(task_scores: torch.Tensor | Sequence[torch.Tensor], how: str = "max") -> torch.Tensor:
+def combine_tasks(task_scores: torch.Tensor | Sequence[torch.Tensor], how: str = "quantile") -> torch.Tensor:
     """``[T, P]`` per-task scores to ``[P]``: ``quantile`` (the best of the example's per-task
-    quantiles, :func:`task_quantiles`: every task's best examples first, in turn), ``max`` or
+    quantiles, :func:`task_quantiles`: every task's best examples first, in turn; one task's
+    scores as they are), ``max`` or
     ``mean`` of the raw scores. A list of ``[P]`` tensors is stacked first. ``-inf`` (no scored
     token) stays ``-inf`` under ``mean`` and loses to any finite score under ``max`` and
     ``quantile``."""
@@ -93,8 +94,8 @@ def combine_tasks(task_scores: torch.Tensor | Sequence[torch.Tensor], how: str =
         raise ValueError(f"combine_tasks: expected [tasks, pool] scores, got {tuple(task_scores.shape)}")
     if how == "max":
         return task_scores.amax(0)
-    if how == "quantile":
-        return task_quantiles(task_scores).amax(0)
+    if how == "quantile":  # one task: its own scores (the same order, on their own scale)
+        return task_scores[0] if task_scores.shape[0] == 1 else task_quantiles(task_scores).amax(0)
     if how == "mean":
         return task_scores.mean(0)
     raise ValueError(f"combine_tasks: how must be one of {COMBINE_MODES}, got {how!r}")
