@@ -35,7 +35,12 @@ Without a chat template (e.g. BERT), the documented fallback template is::
 with tool calls and tools written as JSON as above.
 
 Pre-tokenized examples are not rendered: their ids are used as given, a token counts when the
-row's mask says so and it is not a special token, and ``max_length`` truncates as for others.
+row's mask says so and it is not template (a special token, or the chat template's text around
+one: :func:`template_mask`), and ``max_length`` truncates as for others.
+
+In every shape the example's first content token does not count (:data:`LEAD_TOKENS`): what
+comes before it is the same template prefix in every example, so its hidden state is fixed by
+its id alone (SPEC 0, issue 18).
 """
 from __future__ import annotations
 
@@ -377,32 +382,52 @@ def template_runs(tokenizer) -> tuple[tuple[int, ...], ...]:
     return out
 
 
-def template_mask(ids: list[int], tokenizer) -> list[bool]:
+def template_mask(ids: list[int], tokenizer, special: set | None = None) -> list[bool]:
     """Which tokens of a pre-tokenized row are template: special tokens, and the tokens around
     each special token that continue a run of :func:`template_runs` there (``<|im_end|>`` and the
     newline after it; ``<|im_start|>assistant`` and its newline; the default system prompt). A
     newline in a message's own text is not next to a special token, so it stays content."""
-    special = set(tokenizer.all_special_ids)
-    runs = template_runs(tokenizer)
+    if special is None:
+        special = set(tokenizer.all_special_ids)
+    at = _run_positions(tokenizer)
     mask = [tid in special for tid in ids]
     n = len(ids)
     for p, tid in enumerate(ids):
-        if tid not in special:
+        if not mask[p] or tid not in at:
             continue
-        for run in runs:
-            for o, rid in enumerate(run):
-                if rid != tid:
-                    continue
-                left = 0
-                while o - left > 0 and p - left > 0 and ids[p - left - 1] == run[o - left - 1]:
-                    left += 1
-                right = 0
-                while (o + right + 1 < len(run) and p + right + 1 < n
-                       and ids[p + right + 1] == run[o + right + 1]):
-                    right += 1
-                for q in range(p - left, p + right + 1):
-                    mask[q] = True
+        for run, o in at[tid]:
+            left = 0
+            while o - left > 0 and p - left > 0 and ids[p - left - 1] == run[o - left - 1]:
+                left += 1
+            right = 0
+            while (o + right + 1 < len(run) and p + right + 1 < n
+                   and ids[p + right + 1] == run[o + right + 1]):
+                right += 1
+            for q in range(p - left, p + right + 1):
+                mask[q] = True
     return mask
+
+
+_RUN_POSITIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _run_positions(tokenizer) -> dict[int, list[tuple[tuple[int, ...], int]]]:
+    """``{special id: [(run, offset of that id in the run)]}`` over :func:`template_runs`."""
+    try:
+        return _RUN_POSITIONS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    special = set(tokenizer.all_special_ids)
+    out: dict[int, list] = {}
+    for run in template_runs(tokenizer):
+        for o, tid in enumerate(run):
+            if tid in special:
+                out.setdefault(tid, []).append((run, o))
+    try:
+        _RUN_POSITIONS[tokenizer] = out
+    except TypeError:
+        pass
+    return out
 
 
 def lead_mask(content: list[bool], lead: int) -> list[bool]:
@@ -440,7 +465,7 @@ def tokenize_example(tokenizer, example: Example, *, scope: str = "all",
             raise DataError(f"{where}: token id {bad} is outside the tokenizer's vocabulary "
                             f"(size {size}); were these ids made with another tokenizer?")
         ids = list(ids)
-        content = [not t for t in template_mask(ids, tokenizer)]
+        content = [not t for t in template_mask(ids, tokenizer, special)]
         counted = [g and c for g, c in zip(given, content)]
     elif example.messages is not None:
         try:
