@@ -82,9 +82,10 @@ CHAT = {"messages": [{"role": "user", "content": "Convert 3 km to meters."},
 
 
 @pytest.mark.parametrize("scope,expected", [
-    ("all", "Convert 3 km to meters.3 km is 3000 meters."),
+    # the first content token does not count (SPEC 0, issue 18)
+    ("all", " 3 km to meters.3 km is 3000 meters."),
     ("response", "3 km is 3000 meters."),
-    ("prompt", "Convert 3 km to meters."),
+    ("prompt", " 3 km to meters."),
 ])
 def test_only_message_content_counts(smollm_tokenizer, scope, expected):
     tok = smollm_tokenizer
@@ -98,7 +99,8 @@ def test_only_message_content_counts(smollm_tokenizer, scope, expected):
 def test_user_system_prompt_counts_under_prompt_scope(smollm_tokenizer):
     rec = {"messages": [{"role": "system", "content": "Be brief."}] + CHAT["messages"]}
     t = tokenize_example(smollm_tokenizer, record_to_example(rec, "messages", source="f", line=1), scope="prompt")
-    assert _counted_text(smollm_tokenizer, t) == "Be brief.Convert 3 km to meters."
+    # the first content token does not count (SPEC 0, issue 18)
+    assert _counted_text(smollm_tokenizer, t) == " brief.Convert 3 km to meters."
 
 
 def test_render_spans_are_exact_content(smollm_tokenizer):
@@ -110,7 +112,8 @@ def test_render_spans_are_exact_content(smollm_tokenizer):
 
 def test_plain_text_counts_every_non_special_token(smollm_tokenizer):
     t = tokenize_example(smollm_tokenizer, record_to_example({"text": "hello there world"}, "text", source="f", line=1))
-    assert all(t.counted) and smollm_tokenizer.decode(t.ids) == "hello there world"
+    assert smollm_tokenizer.decode(t.ids) == "hello there world"
+    assert t.counted == [False, True, True]  # the first token's state is its id's alone (SPEC 0)
 
 
 def test_fallback_template_without_chat_template(smollm_tokenizer):

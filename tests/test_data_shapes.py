@@ -33,7 +33,8 @@ def test_content_parts_are_joined(smollm_tokenizer):
         {"role": "assistant", "content": [{"type": "text", "text": "Done."}]}]})
     assert ex.messages == [{"role": "user", "content": "Part one.\nPart two."},
                            {"role": "assistant", "content": "Done."}]
-    assert _scopes(smollm_tokenizer, ex)["prompt"] == "Part one.\nPart two."
+    # the first content token does not count (SPEC 0, issue 18)
+    assert _scopes(smollm_tokenizer, ex)["prompt"] == " one.\nPart two."
 
 
 def test_non_text_part_is_an_error_not_dropped():
@@ -85,8 +86,9 @@ def test_tool_calls_without_template_support_are_json_in_the_turn(smollm_tokeniz
     assert call in text and "Tools:\n" + json.dumps(TOOLS[0]) in text
     s = _scopes(tok, ex)
     assert s["response"] == call + "It is minus four and snowing in Oslo."
-    assert s["prompt"] == "Answer in one sentence.Weather in Oslo?minus four and snowing"
-    assert s["all"] == ("Answer in one sentence.Weather in Oslo?" + call
+    # the first content token does not count (SPEC 0, issue 18)
+    assert s["prompt"] == " in one sentence.Weather in Oslo?minus four and snowing"
+    assert s["all"] == (" in one sentence.Weather in Oslo?" + call
                         + "minus four and snowing" + "It is minus four and snowing in Oslo.")
     assert all("get_weather\", \"description" not in v for v in s.values())  # tools never count
 
@@ -116,7 +118,7 @@ def test_trl_conversational_prompt_completion(smollm_tokenizer):
     assert ex.format == "prompt_completion"
     assert [m["role"] for m in ex.messages] == ["system", "user", "assistant"]
     s = _scopes(smollm_tokenizer, ex)
-    assert s["prompt"] == "Be terse.2+2?" and s["response"] == "4"
+    assert s["prompt"] == " terse.2+2?" and s["response"] == "4"
 
 
 def test_standard_prompt_completion_needs_both_strings():
@@ -162,7 +164,7 @@ def test_llama_factory_sharegpt_file(tmp_path, smollm_tokenizer):
         assert piece in text
     s = _scopes(tok, ex)
     assert s["response"] == call + "3 km is 3000 meters."
-    assert s["prompt"] == 'You are a unit converter.How many meters is 3 km?{"result": 3000}'
+    assert s["prompt"] == ' are a unit converter.How many meters is 3 km?{"result": 3000}'
     assert "Convert units" not in s["all"]
 
 
@@ -207,7 +209,7 @@ def test_llama_factory_alpaca_file(tmp_path, smollm_tokenizer):
         < text.index("Good night")
     s = _scopes(tok, ex)
     assert s["response"] == "BonjourMerciBonne nuit"
-    assert s["prompt"] == ("You are a translator.Translate to French: hello"
+    assert s["prompt"] == (" are a translator.Translate to French: hello"
                            "Translate to French: thanksTranslate to French.\n\nGood night")
 
 
@@ -242,9 +244,10 @@ def test_pre_tokenized_labels_mask_and_padding(smollm_tokenizer):
     assert cut.ids == ids[:2] and cut.truncated == len(ids) - 1
 
     mask = _one({"input_ids": ids, "counted": [1, 0] + [1] * (len(ids) - 2)})
-    assert tokenize_example(tok, mask).counted == [True, False] + [True] * (len(ids) - 2)
+    # the first token that is not template does not count (SPEC 0): its state is its id's alone
+    assert tokenize_example(tok, mask).counted == [False, False] + [True] * (len(ids) - 2)
     plain = _one({"input_ids": [im_end] + ids})
-    assert tokenize_example(tok, plain).counted == [False] + [True] * len(ids)
+    assert tokenize_example(tok, plain).counted == [False, False] + [True] * (len(ids) - 1)
 
 
 @pytest.mark.parametrize("record,match", [
@@ -366,7 +369,8 @@ def test_template_that_renders_tool_calls_and_tools(qwen_like):
     assert not any(t in p for p in pieces[:2] for t in ("<tool_call>", "arguments", '"name"'))
     assert pieces[2:] == ["It is minus four and snowing in Oslo."]
     s = _scopes(qwen_like, ex)
-    assert s["prompt"] == "Answer in one sentence.Weather in Oslo?minus four and snowing"
+    # the first content token does not count (SPEC 0, issue 18)
+    assert s["prompt"] == " in one sentence.Weather in Oslo?minus four and snowing"
     assert "Current weather" not in s["all"]  # the tool schemas never count
 
 

@@ -433,3 +433,29 @@ def test_data_juicer_missing_names_install_command(monkeypatch):
     monkeypatch.delitem(sys.modules, "trim_fast.integrations.data_juicer", raising=False)
     with pytest.raises(ImportError, match="pip install --no-deps py-data-juicer"):
         importlib.import_module("trim_fast.integrations.data_juicer")
+
+
+def test_dataflex_rows_select_as_chat_records_do(dataflex_build, lf_rows, chat_pool, demo_data,
+                                                 tiny_model_dir, smollm_tokenizer):
+    """LLaMA-Factory labels the template's `<|im_end|>` and the newline after it; those never
+    count (SPEC 0), so the plug-in on those rows selects what the library selects from the same
+    pool as chat records, under both of its scopes (issue 18)."""
+    import datasets
+
+    from trim_fast import Selector
+    from trim_fast.integrations import selection_config
+
+    pool_rows, evals = lf_rows
+    chat_targets = {fam: [{"messages": r["messages"]} for r in _chat(path)]
+                    for fam, path in list(demo_data["targets"].items())[:2]}
+    model = _training_model(tiny_model_dir)
+    for scope in ("response", "all"):
+        sel = dataflex_build({"scope": scope}, datasets.Dataset.from_list(pool_rows),
+                             {t: datasets.Dataset.from_list(rows) for t, rows in evals.items()})
+        got = sel.select(model=model, step_id=1, num_samples=K,
+                         **_select_kwargs(tokenizer=smollm_tokenizer))
+        model.eval()
+        want = Selector(model, smollm_tokenizer, selection_config(scope=scope)).select(
+            [{"messages": r["messages"]} for r in chat_pool], chat_targets, k=K).indices
+        model.train()
+        assert got == want, scope

@@ -478,9 +478,12 @@ NEG_INF = float("-inf")
 
 def test_combine_tasks():
     s = torch.tensor([[1.0, 5.0, NEG_INF, NEG_INF], [3.0, 2.0, 0.0, NEG_INF]])
-    assert ref.combine_tasks(s).tolist() == [3.0, 5.0, 0.0, NEG_INF]
+    assert ref.combine_tasks(s, "max").tolist() == [3.0, 5.0, 0.0, NEG_INF]
     assert ref.combine_tasks(s, "mean").tolist() == [2.0, 3.5, NEG_INF, NEG_INF]
-    with pytest.raises(ValueError, match="how must be 'max' or 'mean'"):
+    # quantile (the default): task 0 scores 2 examples (1 -> 1/2, 5 -> 1), task 1 three
+    # (3 -> 1, 2 -> 2/3, 0 -> 1/3); the best of each example's quantiles
+    assert ref.combine_tasks(s).tolist() == [1.0, 1.0, pytest.approx(1 / 3), NEG_INF]
+    with pytest.raises(ValueError, match="how must be 'quantile', 'max' or 'mean'"):
         ref.combine_tasks(s, "sum")
     with pytest.raises(ValueError, match=r"expected \[tasks, pool\]"):
         ref.combine_tasks(torch.zeros(4))

@@ -39,14 +39,15 @@ def test_select_top_k_rejects_bad_input():
         select_top_k(torch.zeros(2, 3), 1)
 
 
-@pytest.mark.parametrize("how", ["max", "mean"])
+@pytest.mark.parametrize("how", ["quantile", "max", "mean"])
 def test_combine_tasks_matches_reference(how):
     g = torch.Generator().manual_seed(3)
     t = torch.randn(3, 50, generator=g)
     t[0, :5] = float("-inf")
     t[:, 10] = float("-inf")
-    torch.testing.assert_close(combine_tasks(t, how), reference.combine_tasks(t, how), equal_nan=True)
-    torch.testing.assert_close(combine_tasks(list(t), how), reference.combine_tasks(t, how))
+    torch.testing.assert_close(combine_tasks(t, how).double(), reference.combine_tasks(t, how).double(),
+                               equal_nan=True)
+    torch.testing.assert_close(combine_tasks(list(t), how).double(), reference.combine_tasks(t, how).double())
 
 
 def test_combine_tasks_rejects_bad_input():

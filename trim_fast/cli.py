@@ -751,9 +751,16 @@ def cmd_demo(values: dict) -> int:
 
 
 def _print_precision(title: str, summary: dict) -> None:
-    print(f"\n{title}:\n{'task':<20} {'precision@5%':>12} {'family share':>13}")
+    core = summary.get("coreset", {"per_task": {}})
+    print(f"\n{title}:\n{'task':<20} {'precision@5%':>12} {'family share':>13} "
+          f"{'in coreset':>10} {'of fair share':>13}")
     for task, p in summary.get("precision_per_task", {}).items():
-        print(f"{task:<20} {p['precision']:>12.3f} {p['family_share_of_pool']:>13.3f}")
+        c = core["per_task"].get(task, {})
+        print(f"{task:<20} {p['precision']:>12.3f} {p['family_share_of_pool']:>13.3f} "
+              f"{c.get('count', 0):>10d} {c.get('share_of_fair', 0.0):>13.2f}")
+    if "precision" in core:
+        print(f"written coreset ({core['selected']} records, tasks combined by "
+              f"{summary['config']['combine']}): precision {core['precision']:.3f}")
 
 
 def _cmd_bench(values: dict) -> int:

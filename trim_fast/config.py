@@ -22,7 +22,7 @@ METHOD_DEFAULTS = {
 }
 SALIENCY_BACKENDS = ("auto", "triton", "cpu", "torch", "eager")
 IDF_MODES = ("pool", "none")
-COMBINE_MODES = ("max", "mean")
+COMBINE_MODES = ("quantile", "max", "mean")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -99,8 +99,10 @@ class SelectionConfig:
     fraction: float = setting(0.05, "keep round(fraction * |pool|) examples", stages=("pick",))
     k: int | None = setting(None, "keep exactly k examples (instead of --fraction)",
                             stages=("pick",))
-    combine: str = setting("max", "how the scores of several target tasks combine",
-                           choices=COMBINE_MODES, stages=("score", "pick"))
+    combine: str = setting("quantile", "how the scores of several target tasks combine: "
+                           "quantile (each task's scores as quantiles over the pool, then the "
+                           "max: every task gets its share), max or mean of the raw scores "
+                           "(max: LESS's)", choices=COMBINE_MODES, stages=("score", "pick"))
     target_sample: int = setting(100, "without targets: how many pool examples (seeded) become "
                                  "the targets (in-domain mode)", stages=("fingerprint",))
     max_length: int = setting(2048, "longer examples are truncated (counted and reported)",

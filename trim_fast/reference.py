@@ -327,15 +327,25 @@ def example_score(
 # --------------------------------------------------------------------------------------------
 
 
-def combine_tasks(task_scores: torch.Tensor, how: str = "max") -> torch.Tensor:
-    """``[T, P]`` task-bank scores to ``[P]``: ``max`` (default) or ``mean`` over tasks."""
+def combine_tasks(task_scores: torch.Tensor, how: str = "quantile") -> torch.Tensor:
+    """``[T, P]`` task-bank scores to ``[P]``: ``quantile`` (default: per task, the share of the
+    task's finite scores at most the example's; then the max over tasks), ``max`` or ``mean``."""
     if task_scores.ndim != 2 or task_scores.shape[0] == 0:
         raise ValueError(f"combine_tasks: expected [tasks, pool] scores, got {tuple(task_scores.shape)}")
+    if how == "quantile" and task_scores.shape[0] == 1:
+        return task_scores[0]
+    if how == "quantile":
+        rows = []
+        for row in task_scores.double().tolist():
+            finite = [s for s in row if math.isfinite(s)]
+            rows.append([sum(f <= s for f in finite) / len(finite) if math.isfinite(s) else s
+                         for s in row])
+        return torch.tensor(rows, dtype=torch.float64).max(0).values
     if how == "max":
         return task_scores.max(0).values
     if how == "mean":
         return task_scores.mean(0)
-    raise ValueError(f"combine_tasks: how must be 'max' or 'mean', got {how!r}")
+    raise ValueError(f"combine_tasks: how must be 'quantile', 'max' or 'mean', got {how!r}")
 
 
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

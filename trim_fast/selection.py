@@ -58,10 +58,30 @@ def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return index[order[:k]].clone()
 
 
-def combine_tasks(task_scores: torch.Tensor | Sequence[torch.Tensor], how: str = "max") -> torch.Tensor:
-    """``[T, P]`` per-task scores to ``[P]``: ``max`` (default) or ``mean`` over tasks. A list of
-    ``[P]`` tensors is stacked first. ``-inf`` (no scored token) stays ``-inf`` under ``mean``
-    and loses to any finite score under ``max``."""
+def task_quantiles(task_scores: torch.Tensor) -> torch.Tensor:
+    """``[T, P]`` scores to each example's quantile within its task: the share of the task's
+    scored examples (finite scores) whose score is at most its own, in ``(0, 1]``. ``-inf`` and
+    NaN stay as they are. Tasks whose scores sit on different scales become comparable."""
+    scores = task_scores.double()
+    out = scores.clone()
+    for t in range(scores.shape[0]):
+        row = scores[t]
+        finite = torch.isfinite(row)
+        n = int(finite.sum())
+        if n == 0:
+            continue
+        ordered = torch.sort(row[finite]).values
+        out[t, finite] = torch.searchsorted(ordered, row[finite], right=True).double() / n
+    return out
+
+
+def combine_tasks(task_scores: torch.Tensor | Sequence[torch.Tensor], how: str = "quantile") -> torch.Tensor:
+    """``[T, P]`` per-task scores to ``[P]``: ``quantile`` (the best of the example's per-task
+    quantiles, :func:`task_quantiles`: every task's best examples first, in turn; one task's
+    scores as they are), ``max`` or
+    ``mean`` of the raw scores. A list of ``[P]`` tensors is stacked first. ``-inf`` (no scored
+    token) stays ``-inf`` under ``mean`` and loses to any finite score under ``max`` and
+    ``quantile``."""
     if not isinstance(task_scores, torch.Tensor):
         task_scores = list(task_scores)
         if not task_scores:
@@ -74,6 +94,8 @@ def combine_tasks(task_scores: torch.Tensor | Sequence[torch.Tensor], how: str =
         raise ValueError(f"combine_tasks: expected [tasks, pool] scores, got {tuple(task_scores.shape)}")
     if how == "max":
         return task_scores.amax(0)
+    if how == "quantile":  # one task: its own scores (the same order, on their own scale)
+        return task_scores[0] if task_scores.shape[0] == 1 else task_quantiles(task_scores).amax(0)
     if how == "mean":
         return task_scores.mean(0)
     raise ValueError(f"combine_tasks: how must be one of {COMBINE_MODES}, got {how!r}")
@@ -90,7 +112,7 @@ class Selection:
     unscored: list[int] = field(default_factory=list)
 
 
-def choose(task_scores: torch.Tensor, *, combine: str = "max", fraction: float | None = 0.05,
+def choose(task_scores: torch.Tensor, *, combine: str = "quantile", fraction: float | None = 0.05,
            k: int | None = None, rounding: str = "half_up") -> Selection:
     """SPEC 4 on ``[T, P]`` task scores: combine, round ``k``, keep the top ``k``."""
     combined = combine_tasks(task_scores, combine)
@@ -102,4 +124,4 @@ def choose(task_scores: torch.Tensor, *, combine: str = "max", fraction: float |
     return Selection(select_top_k(combined, k).tolist(), combined, k, unscored)
 
 
-__all__ = ["Selection", "choose", "combine_tasks", "num_selected", "select_top_k"]
+__all__ = ["Selection", "choose", "combine_tasks", "num_selected", "select_top_k", "task_quantiles"]

@@ -35,13 +35,19 @@ Without a chat template (e.g. BERT), the documented fallback template is::
 with tool calls and tools written as JSON as above.
 
 Pre-tokenized examples are not rendered: their ids are used as given, a token counts when the
-row's mask says so and it is not a special token, and ``max_length`` truncates as for others.
+row's mask says so and it is not template (a special token, or the chat template's text around
+one: :func:`template_mask`), and ``max_length`` truncates as for others.
+
+In every shape the example's first content token does not count (:data:`LEAD_TOKENS`): what
+comes before it is the same template prefix in every example, so its hidden state is fixed by
+its id alone (SPEC 0, issue 18).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import weakref
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,11 +223,13 @@ def _per_call(real: str, probe: str, start: int, end: int) -> list[tuple[int, in
 
 
 def _fill(templated: str, turns: list[_Turn], call_regions: list[tuple[int, int]],
-          scope: str) -> tuple[str, list[tuple[int, int]]]:
-    """Put the contents back in place of the sentinels; spans of what counts under scope."""
+          scope: str) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Put the contents back in place of the sentinels; spans of what counts under scope, and of
+    every message's content (any role: what is not template text)."""
     expected = [i for i, t in enumerate(turns) if t.has_text()]
     out: list[str] = []
     spans: list[tuple[int, int]] = []
+    content: list[tuple[int, int]] = []
     length = cursor = 0
     shifts: list[tuple[int, int]] = [(0, 0)]  # (position in templated, shift to output)
     found = []
@@ -235,6 +243,8 @@ def _fill(templated: str, turns: list[_Turn], call_regions: list[tuple[int, int]
         out.append(templated[cursor:m.start()])
         length += m.start() - cursor
         for text, is_content in turns[i].parts:
+            if is_content and text:
+                content.append((length, length + len(text)))
             if is_content and text and _role_counts(turns[i].role, scope) and not (
                     scope == "response" and turns[i].message.get("weight") == 0):  # not trained on
                 spans.append((length, length + len(text)))
@@ -247,18 +257,28 @@ def _fill(templated: str, turns: list[_Turn], call_regions: list[tuple[int, int]
         raise DataError(f"the chat template dropped or rewrote message {missing} "
                         f"({turns[missing].role}); cannot locate its content")
     out.append(templated[cursor:])
-    if call_regions and _role_counts("assistant", scope):
+    if call_regions:
         starts = [s for s, _ in shifts]
         for a, b in call_regions:
             shift = shifts[bisect_right(starts, a) - 1][1]
-            spans.append((a + shift, b + shift))
+            content.append((a + shift, b + shift))
+            if _role_counts("assistant", scope):
+                spans.append((a + shift, b + shift))
         spans.sort()
-    return "".join(out), spans
+        content.sort()
+    return "".join(out), spans, content
 
 
 def render_messages(tokenizer, messages: list[dict[str, Any]], scope: str,
                     tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of what counts under ``scope``."""
+    text, spans, _ = _render(tokenizer, messages, scope, tools)
+    return text, spans
+
+
+def _render(tokenizer, messages: list[dict[str, Any]], scope: str, tools: list | None
+            ) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+    """:func:`render_messages`, and the spans of every message's content (any scope)."""
     turns = _turns(messages)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if tools and (not has_template
@@ -278,7 +298,7 @@ def render_messages(tokenizer, messages: list[dict[str, Any]], scope: str,
             turns, regions = _inline_calls(turns), []
     if templated is None:
         templated = _apply(tokenizer, turns, tools)
-    text, spans = _fill(templated, turns, regions, scope)
+    text, spans, content = _fill(templated, turns, regions, scope)
     if has_template and not _inlined(turns):
         # A template may change a content (Llama 3's ``| trim``, Qwen3 dropping earlier
         # reasoning); the model must see what the template makes of the real messages, so the
@@ -290,8 +310,8 @@ def render_messages(tokenizer, messages: list[dict[str, Any]], scope: str,
             raise DataError(f"the chat template cannot render this record: "
                             f"{type(exc).__name__}: {exc}") from exc
         if real != text:
-            text, spans = real, _realign(text, real, spans)
-    return text, spans
+            text, spans, content = real, _realign(text, real, spans), _realign(text, real, content)
+    return text, spans, content
 
 
 def _inlined(turns: list[_Turn]) -> bool:
@@ -317,13 +337,121 @@ def _realign(text: str, real: str, spans: list[tuple[int, int]]) -> list[tuple[i
     return sorted(out)
 
 
+# Counted tokens whose hidden state is fixed by the template alone: the first LEAD_TOKENS content
+# tokens of an example when everything before them is template text (SPEC 0). The first one's
+# state depends on nothing but its id (every example starts with the same template prefix), so
+# it matches a target's fingerprint of that id at cos 1 whatever the example is about.
+# bench/QUALITY.md has the measurement that chose 1.
+LEAD_TOKENS = 1
+
+_TEMPLATE_RUNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def template_runs(tokenizer) -> tuple[tuple[int, ...], ...]:
+    """Token ids of the text the tokenizer's chat template writes around messages (role headers,
+    separators, a default system prompt, end markers), those runs that hold a special token.
+
+    Found by rendering short conversations with a sentinel in place of each content and
+    tokenising the text between the sentinels; cached per tokenizer. Empty without a chat
+    template (the fallback template has no special tokens to anchor a run)."""
+    try:
+        return _TEMPLATE_RUNS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    runs: set[tuple[int, ...]] = set()
+    if getattr(tokenizer, "chat_template", None):
+        special = set(tokenizer.all_special_ids)
+        probes = ([("user", "assistant")], [("system", "user", "assistant")],
+                  [("user", "assistant", "user", "assistant")])
+        for (roles,) in probes:
+            turns = [_Turn({"role": r}, [("x", True)]) for r in roles]
+            try:
+                pieces, _ = _split(_apply(tokenizer, turns, None))
+            except DataError:
+                continue  # a template that refuses this shape (e.g. no system role)
+            for piece in pieces:
+                if piece:
+                    ids = tuple(tokenizer(piece, add_special_tokens=False)["input_ids"])
+                    if special.intersection(ids):
+                        runs.add(ids)
+    out = tuple(sorted(runs))
+    try:
+        _TEMPLATE_RUNS[tokenizer] = out
+    except TypeError:
+        pass
+    return out
+
+
+def template_mask(ids: list[int], tokenizer, special: set | None = None) -> list[bool]:
+    """Which tokens of a pre-tokenized row are template: special tokens, and the tokens around
+    each special token that continue a run of :func:`template_runs` there (``<|im_end|>`` and the
+    newline after it; ``<|im_start|>assistant`` and its newline; the default system prompt). A
+    newline in a message's own text is not next to a special token, so it stays content."""
+    if special is None:
+        special = set(tokenizer.all_special_ids)
+    at = _run_positions(tokenizer)
+    mask = [tid in special for tid in ids]
+    n = len(ids)
+    for p, tid in enumerate(ids):
+        if not mask[p] or tid not in at:
+            continue
+        for run, o in at[tid]:
+            left = 0
+            while o - left > 0 and p - left > 0 and ids[p - left - 1] == run[o - left - 1]:
+                left += 1
+            right = 0
+            while (o + right + 1 < len(run) and p + right + 1 < n
+                   and ids[p + right + 1] == run[o + right + 1]):
+                right += 1
+            for q in range(p - left, p + right + 1):
+                mask[q] = True
+    return mask
+
+
+_RUN_POSITIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _run_positions(tokenizer) -> dict[int, list[tuple[tuple[int, ...], int]]]:
+    """``{special id: [(run, offset of that id in the run)]}`` over :func:`template_runs`."""
+    try:
+        return _RUN_POSITIONS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    special = set(tokenizer.all_special_ids)
+    out: dict[int, list] = {}
+    for run in template_runs(tokenizer):
+        for o, tid in enumerate(run):
+            if tid in special:
+                out.setdefault(tid, []).append((run, o))
+    try:
+        _RUN_POSITIONS[tokenizer] = out
+    except TypeError:
+        pass
+    return out
+
+
+def lead_mask(content: list[bool], lead: int) -> list[bool]:
+    """The first ``lead`` content tokens of an example (everything before the first is template,
+    so its hidden state is the template's, not the example's)."""
+    out = [False] * len(content)
+    seen = 0
+    for i, c in enumerate(content):
+        if seen >= lead:
+            break
+        if c:
+            out[i] = True
+            seen += 1
+    return out
+
+
 def tokenize_example(tokenizer, example: Example, *, scope: str = "all",
                      max_length: int | None = None) -> Tokenized:
     """Ids and counted mask of one example.
 
     Plain text and pre-tokenized rows count every non-special token (the row's own mask applied)
-    in any scope. A record the template or the tokenizer cannot take is a :class:`DataError`
-    naming its source and line.
+    in any scope. Template tokens never count, nor the example's first :data:`LEAD_TOKENS`
+    content tokens (SPEC 0). A record the template or the tokenizer cannot take is a
+    :class:`DataError` naming its source and line.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -337,10 +465,11 @@ def tokenize_example(tokenizer, example: Example, *, scope: str = "all",
             raise DataError(f"{where}: token id {bad} is outside the tokenizer's vocabulary "
                             f"(size {size}); were these ids made with another tokenizer?")
         ids = list(ids)
-        counted = [g and tid not in special for tid, g in zip(ids, given)]
+        content = [not t for t in template_mask(ids, tokenizer, special)]
+        counted = [g and c for g, c in zip(given, content)]
     elif example.messages is not None:
         try:
-            text, spans = render_messages(tokenizer, example.messages, scope, example.tools)
+            text, spans, content_spans = _render(tokenizer, example.messages, scope, example.tools)
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from exc
         if not getattr(tokenizer, "is_fast", False):
@@ -348,18 +477,27 @@ def tokenize_example(tokenizer, example: Example, *, scope: str = "all",
                              "tokens needs character offsets, which only fast tokenizers give")
         enc = _encode(tokenizer, text, where, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
-        counted = [
-            tid not in special and b > a and any(a < e and b > s for s, e in spans)
-            for tid, (a, b) in zip(ids, enc["offset_mapping"])
-        ]
+        offsets = enc["offset_mapping"]
+        counted = _overlaps(ids, offsets, spans, special)
+        content = counted if spans == content_spans else _overlaps(ids, offsets, content_spans,
+                                                                   special)
     else:
         ids = _encode(tokenizer, example.text, where, add_special_tokens=True)["input_ids"]
         counted = [tid not in special for tid in ids]
+        content = counted
+    lead = lead_mask(content, LEAD_TOKENS)
+    counted = [c and not x for c, x in zip(counted, lead)]
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
         ids, counted = ids[:max_length], counted[:max_length]
     return Tokenized(ids=list(ids), counted=counted, truncated=truncated)
+
+
+def _overlaps(ids: list[int], offsets, spans: list[tuple[int, int]], special: set) -> list[bool]:
+    """Tokens that are not special and whose characters overlap one of ``spans``."""
+    return [tid not in special and b > a and any(a < e and b > s for s, e in spans)
+            for tid, (a, b) in zip(ids, offsets)]
 
 
 def _encode(tokenizer, text: str, where: str, **kwargs):

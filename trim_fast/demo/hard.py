@@ -218,11 +218,24 @@ _GENERATORS = {
 }
 
 
-def make_example(family: str, rng: random.Random) -> tuple[str, str]:
-    """One (user message, assistant message) of ``family``."""
+# The first-word variant: each family's questions open with a word it shares with a family of
+# another pair, as real pools share "How", "What", "Convert" across tasks. The first content
+# token's state is the template's, so a selector that counts it matches every record opening
+# with a target's first word (issue 18).
+FIRST_WORDS = {"http_meaning": "Hi", "rot13_decode": "Hi", "http_code": "Please",
+               "unit_convert": "Please", "unit_check": "Quick", "doc_explain": "Quick",
+               "rot13_encode": "Now", "doc_quiz": "Now"}
+
+
+def make_example(family: str, rng: random.Random, *, first_words: bool = False) -> tuple[str, str]:
+    """One (user message, assistant message) of ``family`` (with ``first_words``, the question
+    opens with the family's word of :data:`FIRST_WORDS`)."""
     if family not in _GENERATORS:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-    return _GENERATORS[family](rng)
+    q, a = _GENERATORS[family](rng)
+    if first_words:
+        q = f"{FIRST_WORDS[family]} {q[0].lower()}{q[1:]}"
+    return q, a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,11 +243,12 @@ def make_example(family: str, rng: random.Random) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _unique(family: str, rng: random.Random, n: int, taken: set) -> list[tuple[str, str]]:
+def _unique(family: str, rng: random.Random, n: int, taken: set,
+            first_words: bool = False) -> list[tuple[str, str]]:
     """``n`` examples of ``family`` not in ``taken`` (which grows)."""
     out = []
     for _ in range(200 * n):
-        qa = make_example(family, rng)
+        qa = make_example(family, rng, first_words=first_words)
         if qa in taken:
             continue
         taken.add(qa)
@@ -244,26 +258,28 @@ def _unique(family: str, rng: random.Random, n: int, taken: set) -> list[tuple[s
     raise ValueError(f"could not make {n} distinct examples of {family!r}")
 
 
-def generate(out_dir: str, *, per_family: int = 60, targets_per_family: int = 8, seed: int = 0) -> dict:
+def generate(out_dir: str, *, per_family: int = 60, targets_per_family: int = 8, seed: int = 0,
+             first_words: bool = False) -> dict:
     """Write ``pool_chat.jsonl`` (chat ``messages``), ``pool_alpaca.jsonl`` (Alpaca) and
     ``targets/<family>.jsonl``; return the manifest: ``pool`` (paths), ``targets``
     (family -> path), ``family_counts`` and ``pairs`` (family -> partner family).
 
     Pool examples are distinct within the pool; targets are distinct and never equal to a pool
-    example (same user and assistant text)."""
+    example (same user and assistant text). ``first_words``: the first-word variant (every
+    question opens with a word shared with a family of another pair, :data:`FIRST_WORDS`)."""
     if per_family < 1 or targets_per_family < 1:
         raise ValueError("per_family and targets_per_family must be at least 1")
     os.makedirs(os.path.join(out_dir, "targets"), exist_ok=True)
     rng = random.Random(seed)
     taken: set = set()
-    records = [(fam, q, a) for fam in FAMILIES for q, a in _unique(fam, rng, per_family, taken)]
+    records = [(fam, q, a) for fam in FAMILIES for q, a in _unique(fam, rng, per_family, taken, first_words)]
     rng.shuffle(records)
     pool_paths = common.write_pool(out_dir, records, "hard")
     target_paths = {}
     trng = random.Random(seed + 1_000_003)
     for fam in FAMILIES:
         lines = []
-        for q, a in _unique(fam, trng, targets_per_family, taken):
+        for q, a in _unique(fam, trng, targets_per_family, taken, first_words):
             rec = {"id": f"target-{fam}-{len(lines)}", "family": fam,
                    "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
             lines.append(json.dumps(rec) + "\n")

@@ -12,7 +12,7 @@ from trim_fast.config import ModelConfig, SelectionConfig, WarmupConfig
 
 logger = logging.getLogger("trim_fast")
 
-DOWNSTREAM_FAMILY = {"demo": "unit_conversion", "hard": "unit_check"}
+DOWNSTREAM_FAMILY = {"demo": "unit_conversion", "hard": "unit_check", "firstword": "unit_check"}
 
 
 def add_eval_parser(sub) -> None:
@@ -21,9 +21,11 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="selection quality on a labelled pool: the selectors against "
                        "mean-pooled cosine, BM25 and random; the study's variants; warmup; a "
                        "downstream check")
-    p.add_argument("--pool-kind", choices=("demo", "hard"), default="demo",
-                   help="generated pool when no --pool is given: demo (families differ in topic) "
-                        "or hard (families in vocabulary-sharing pairs)")
+    p.add_argument("--pool-kind", choices=("demo", "hard", "firstword"), default="demo",
+                   help="generated pool when no --pool is given: demo (families differ in topic), "
+                        "hard (families in vocabulary-sharing pairs) or firstword (the hard pool "
+                        "with each family's questions opening with a word shared with a family of "
+                        "another pair)")
     p.add_argument("--pool", action="append", default=[], metavar="SOURCE",
                    help="labelled pool (records carry 'family'); default: generated (--pool-kind)")
     p.add_argument("--targets", action="append", default=[], metavar="SOURCE",
@@ -32,6 +34,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--per-family", type=int, default=60, help="hard pool: examples per family")
     p.add_argument("--targets-per-family", type=int, default=8)
     p.add_argument("--no-study", action="store_true", help="only the headline selectors")
+    p.add_argument("--no-checks", action="store_true",
+                   help="skip the checks of issue 18 (the pool as LLaMA-Factory rows; the "
+                        "multi-task coreset per combine mode)")
     p.add_argument("--warmup", action="store_true",
                    help="also evaluate after the SPEC 5 LoRA warmup on the pool (defaults of "
                         "WarmupConfig)")
@@ -64,15 +69,15 @@ def cmd_eval(values: dict) -> int:
     if bool(values["pool"]) != bool(values["targets"]):
         raise ConfigError("give both --pool and --targets, or neither (a generated pool is used)")
     kind = None if values["pool"] else values["pool_kind"]
-    generator = {"demo": demo_pool, "hard": hard_pool, None: None}[kind]
+    generator = {"demo": demo_pool, "hard": hard_pool, "firstword": hard_pool, None: None}[kind]
     if kind == "demo":
         manifest = demo_pool.generate(os.path.join(out_dir, "data"), pool_size=values["pool_size"],
                                       targets_per_family=values["targets_per_family"],
                                       seed=values["seed"])
-    elif kind == "hard":
+    elif kind in ("hard", "firstword"):
         manifest = hard_pool.generate(os.path.join(out_dir, "data"), per_family=values["per_family"],
                                       targets_per_family=values["targets_per_family"],
-                                      seed=values["seed"])
+                                      seed=values["seed"], first_words=kind == "firstword")
     if kind is not None:
         values["pool"], values["targets"] = manifest["pool"], list(manifest["targets"].values())
     pool = open_records(values["pool"])
@@ -84,7 +89,8 @@ def cmd_eval(values: dict) -> int:
     progress = not values["no_progress"]
     selector = Selector(mc.model, config=cfg, device=mc.device, dtype=mc.dtype, progress=progress)
     study = not values["no_study"]
-    result = run_quality(selector, pool, targets, study=study)
+    checks = not values["no_checks"]
+    result = run_quality(selector, pool, targets, study=study, checks=checks)
 
     warmed = None
     if values["warmup"]:
@@ -97,7 +103,7 @@ def cmd_eval(values: dict) -> int:
                     len(warm.losses), warm.losses[0], warm.losses[-1])
         warm_selector = Selector(mc.model, config=cfg, adapter=adapter, device=mc.device,
                                  dtype=mc.dtype, progress=progress)
-        warmed = run_quality(warm_selector, pool, targets, study=study)
+        warmed = run_quality(warm_selector, pool, targets, study=study, checks=checks)
         warmed["warmup"] = {"subset_size": len(warm.subset_ids), "losses": warm.losses,
                             "seconds": warm.seconds}
 

@@ -162,7 +162,7 @@ def task_scores(selector: Selector, pool, targets: dict, cache: ForwardCache) ->
 
 
 def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], *,
-                study: bool = True) -> dict:
+                study: bool = True, checks: bool = True) -> dict:
     """Per task: each selector's precision and recall at k (the methods, the baselines); the
     study's rows (mean and worst over the tasks)."""
     t0 = time.perf_counter()
@@ -224,6 +224,8 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
     result = {"pool_size": len(examples), "families": per_family, "summary": summary,
               "config": _run_settings(base_cfg), "depth": depth, "selections": selections,
               "trim_scores": scores.score.tolist()}
+    if checks:
+        result["checks"] = run_checks(selector, pool, targets, cache)
     if study:
         table = []
         for group, label, settings in STUDY:
@@ -236,6 +238,90 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
         logger.info("%d study rows done", len(STUDY))
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def llama_factory_rows(tokenizer, examples: Sequence[Example]) -> list[dict]:
+    """Chat examples as LLaMA-Factory (and DataFlex) write supervised rows: ``input_ids`` of the
+    rendered conversation, ``labels`` -100 on the prompt (template, default system prompt, user
+    turn, assistant header) and the ids on the answer and the template's end-of-turn text after
+    it (``<|im_end|>`` and its newline with SmolLM2). The prompt and the answer are tokenised
+    apart, as LLaMA-Factory does."""
+    rows = []
+    for ex in examples:
+        msgs = ex.messages
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise ValueError(f"{ex.source}:{ex.line}: a LLaMA-Factory row needs a chat ending with "
+                             "an assistant turn")
+        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(msgs, tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template's generation prompt is not a prefix of the chat")
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        rows.append({"id": ex.id, "family": ex.meta.get("family"), "input_ids": p + a,
+                     "labels": [-100] * len(p) + a})
+    return rows
+
+
+def coreset_coverage(task_scores: torch.Tensor, families: Sequence, task_families: Sequence,
+                     combine: str, fraction: float = 0.05) -> dict:
+    """The coreset one multi-task run writes (tasks combined by ``combine``, top ``fraction``):
+    how many records of each task's family it holds, the worst family's count against its fair
+    share ``k / tasks``, and its precision (records of any task's family)."""
+    from trim_fast.selection import choose
+
+    choice = choose(task_scores, combine=combine, fraction=fraction)
+    counts = {f: sum(1 for i in choice.indices if families[i] == f) for f in task_families}
+    fair = choice.k / len(task_families)
+    return {"k": choice.k, "counts": counts, "worst share of fair": min(counts.values()) / fair,
+            "precision": sum(counts.values()) / max(1, len(choice.indices))}
+
+
+def run_checks(selector: Selector, pool: Records, targets: dict[str, Records],
+               cache: ForwardCache) -> dict:
+    """Issue 18's checks: the same pool as LLaMA-Factory rows (labels on the template's
+    end-of-turn tokens) against chat records, for each method and for the DataFlex plug-in's
+    two scopes; and the coreset a multi-task run writes, per ``combine`` mode."""
+    from trim_fast.config import COMBINE_MODES
+    from trim_fast.data import record_to_example
+
+    examples = list(pool)
+    families = [e.meta.get("family") for e in examples]
+    target_lists = {t: list(r) for t, r in targets.items()}
+    task_families = [target_lists[t][0].meta.get("family") for t in target_lists]
+
+    def as_rows(exs, drop_labels=False):
+        rows = llama_factory_rows(selector.tokenizer, exs)
+        if drop_labels:  # DataFlex's scope 'all': every token of the row counts
+            rows = [{k: v for k, v in r.items() if k != "labels"} for r in rows]
+        return [record_to_example(r, "tokens", source=e.source, line=e.line)
+                for r, e in zip(rows, exs)]
+
+    def p_family(scores: torch.Tensor) -> dict:
+        per = {}
+        for t_i, fam in enumerate(task_families):
+            k = sum(1 for f in families if f == fam)
+            per[fam] = precision_recall(select_top_k(scores[t_i], k).tolist(), families, fam)[0]
+        return {"mean P@|family|": statistics.fmean(per.values()),
+                "worst P@|family|": min(per.values()), "per family": per}
+
+    rows = {scope: (as_rows(examples, scope == "all"),
+                    {t: as_rows(v, scope == "all") for t, v in target_lists.items()})
+            for scope in ("response", "all")}
+    out: dict = {"pre-tokenized rows": {}, "coreset": {}}
+    for name, settings in METHODS.items():
+        for scope in ("response", "all"):
+            cfg = SelectionConfig(**{**_run_settings(selector.config), **settings, "scope": scope})
+            sel = Selector(selector.model, selector.tokenizer, cfg)
+            chat = task_scores(sel, examples, target_lists, cache)
+            row_pool, row_targets = rows[scope]
+            pre = task_scores(sel, row_pool, row_targets, cache)
+            out["pre-tokenized rows"][f"{name}, scope {scope}"] = {
+                "chat records": p_family(chat), "LLaMA-Factory rows": p_family(pre)}
+            if scope == "all":
+                out["coreset"][name] = {how: coreset_coverage(chat, families, task_families, how)
+                                        for how in COMBINE_MODES}
+    return out
 
 
 def _run_settings(cfg: SelectionConfig) -> dict:
@@ -274,6 +360,8 @@ def format_markdown(result: dict, downstream: dict | None = None, title: str = "
             lines.append(f"| {r['group']} | {r['setting']} | {r['mean P@5%']:.3f} | "
                          f"{r['worst P@5%']:.3f} | {r['mean P@|family|']:.3f} | "
                          f"{r['worst P@|family|']:.3f} |")
+    if "checks" in result:
+        lines += _checks_markdown(result["checks"])
     if downstream:
         size = sorted(set(downstream["train_size"].values()))
         lines += ["", f"Downstream: LoRA fine-tune on each selection ({'/'.join(map(str, size))} "
@@ -285,6 +373,28 @@ def format_markdown(result: dict, downstream: dict | None = None, title: str = "
             share = downstream["family_share_of_training_set"].get(name)
             lines.append(f"| {name} | {loss:.4f} | {'-' if share is None else f'{share:.2f}'} |")
     return "\n".join(lines) + "\n"
+
+
+def _checks_markdown(checks: dict) -> list[str]:
+    lines = ["", "Pre-tokenized LLaMA-Factory rows (labels on the answer and the template's "
+             "end-of-turn tokens; scope all: the labels dropped, as DataFlex's `scope: all`) "
+             "against the same pool as chat records, mean / worst P@|family|:", "",
+             "| method, scope | chat records | LLaMA-Factory rows |", "|---|---|---|"]
+    for name, r in checks["pre-tokenized rows"].items():
+        cells = [f"{r[k]['mean P@|family|']:.3f} / {r[k]['worst P@|family|']:.3f}"
+                 for k in ("chat records", "LLaMA-Factory rows")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "The coreset a multi-task run writes (5%, tasks combined by `combine`): the worst "
+              "family's records against its fair share k / tasks, the file's precision, and the "
+              "records of each family:", "",
+              "| method | combine | worst share of fair | precision | records per family |",
+              "|---|---|---|---|---|"]
+    for name, modes in checks["coreset"].items():
+        for how, r in modes.items():
+            counts = ", ".join(f"{f} {n}" for f, n in r["counts"].items())
+            lines.append(f"| {name} | {how} | {r['worst share of fair']:.2f} | "
+                         f"{r['precision']:.3f} | {counts} |")
+    return lines
 
 
 def write_plot(result: dict, path: str) -> None:

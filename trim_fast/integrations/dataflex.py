@@ -50,7 +50,10 @@ indices. The tokenizer is the ``tokenizer`` that DataFlex passes to ``select``, 
 collator's.
 
 What is and is not covered: the rows are LLaMA-Factory's preprocessed ones (``input_ids``,
-``labels`` with -100 on the prompt, ``attention_mask``). A packed row (``packing: true``) is
+``labels`` with -100 on the prompt, ``attention_mask``). LLaMA-Factory labels the template's
+end-of-turn text (``<|im_end|>`` and the newline after it) with the answer; template text never
+counts in trim_fast (docs/SPEC.md section 0: found from the tokenizer's chat template), so these
+rows select what the same records select as chats, in every scope. A packed row (``packing: true``) is
 scored as one example. Rows with no counted token are never selected, so fewer than
 ``num_samples`` indices can come back. A candidate pool that DataFlex sets
 (``set_candidate_pool``) is scored on its own, which means its IDF is that of the candidate pool.
@@ -192,7 +195,8 @@ def _make_class(base):
 def counted_rows(ds, scope: str):
     """Pre-tokenized rows whose counted tokens follow ``scope``: ``response`` (the rows as
     given: ``labels`` != -100 count), ``all`` (labels dropped: every non-padding token counts),
-    ``prompt`` (the tokens whose label is -100)."""
+    ``prompt`` (the tokens whose label is -100). Template tokens and the first content token
+    never count, whatever the row says (SPEC 0)."""
     if scope == "response" or "labels" not in ds.column_names:
         return ds
     if scope == "all":

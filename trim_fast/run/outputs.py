@@ -334,7 +334,22 @@ def summary(cfg, scores, sel, banks: dict, *, seconds: float) -> dict:
                                "k": len(top)}
         if precision:
             summary["precision_per_task"] = precision
+            summary["coreset"] = coreset_precision(precision, [fams[i] for i in sel.indices])
     return summary
+
+
+def coreset_precision(precision: dict, chosen_families: list) -> dict:
+    """The written coreset (the combined selection), not each task's own ranking: the share of
+    its records that belong to a task's family (``precision``) and, per task, how many records of
+    its family it holds against the fair share ``k / tasks``."""
+    n = max(1, len(chosen_families))
+    counts = collections.Counter(chosen_families)
+    fair = n / len(precision)
+    fams = {p["family"] for p in precision.values()}
+    return {"precision": round(sum(counts[f] for f in fams) / n, 4), "selected": len(chosen_families),
+            "per_task": {task: {"family": p["family"], "count": counts[p["family"]],
+                                "share_of_fair": round(counts[p["family"]] / fair, 4)}
+                         for task, p in precision.items()}}
 
 
 def _json_safe(obj):

@@ -28,7 +28,7 @@ from trim_fast.ops.token_match import match_and_pool
 from trim_fast.progress import Progress
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.workdir import WorkDir
-from trim_fast.scoring.idf import DocumentFrequency
+from trim_fast.scoring.idf import DocumentFrequency, dominant_classes
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,12 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
                        "equal scores and may be selected together", copies.count, copies.example)
     ctx.all_reduce_sum(df.df)
     df.num_examples = n_examples
+    dominant = dominant_classes(df, banks) if ctx.is_main else {}
+    if dominant:
+        logger.warning("fingerprinted token(s) counted in more than 90%% of the pool's records, so "
+                       "they match nearly every record and do not tell records apart: %s",
+                       ", ".join(f"{tokenizer.convert_ids_to_tokens(t)!r} ({100 * share:.0f}%, "
+                                 f"{len(tasks)} task(s))" for t, (share, tasks) in dominant.items()))
     device = next(model.parameters()).device
     scorer = BatchScorer(banks, cfg, df.idf() if cfg.idf == "pool" else None, device)
     loop = loop_for(model, cfg, pad_id=pad_id, forward_cache=forward_cache)

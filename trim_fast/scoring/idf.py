@@ -43,4 +43,20 @@ class DocumentFrequency:
         return (torch.log((1.0 + self.num_examples) / (1.0 + self.df.double())) + 1.0).float()
 
 
-__all__ = ["DocumentFrequency"]
+def dominant_classes(df: DocumentFrequency, banks: dict, threshold: float = 0.9
+                     ) -> dict[int, tuple[float, list[str]]]:
+    """``{token id: (share of the pool's examples that count it, tasks)}`` for each fingerprinted
+    token class counted in more than ``threshold`` of the pool: such a class matches nearly every
+    record, so it says nothing about which records fit a task (template text that slipped into
+    the counted tokens, a separator every record uses)."""
+    n = max(1, df.num_examples)
+    out: dict[int, tuple[float, list[str]]] = {}
+    for task, bank in banks.items():
+        share = df.df[bank.classes.long()].double() / n
+        for i in (share > threshold).nonzero().flatten().tolist():
+            tid = int(bank.classes[i])
+            out.setdefault(tid, (float(share[i]), []))[1].append(task)
+    return out
+
+
+__all__ = ["DocumentFrequency", "dominant_classes"]
