@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from trim_fast.data import DataError, open_records
-from trim_fast.data.formats import value_digest
+from trim_fast.digests import value_digest
 
 CHATS = [{"id": f"c{i}", "messages": [{"role": "user", "content": f"question {i}"},
                                       {"role": "assistant", "content": f"answer {i}"}]}

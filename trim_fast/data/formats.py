@@ -48,16 +48,11 @@ field; an empty string is fine as long as the record has some text somewhere.
 """
 from __future__ import annotations
 
-import datetime
-import decimal
-import hashlib
 import json
-import math
-import struct
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from trim_fast.digests import value_digest
 from trim_fast.errors import DataError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "tokens", "text")
@@ -112,65 +107,6 @@ class Example:
         """Like :meth:`digest`, without the record's ``id``: two records that say the same thing
         under different ids (or none) share it (for spotting copies in a pool)."""
         return value_digest({k: v for k, v in self.raw.items() if k != "id"})
-
-
-# ----------------------------------------------------------------------------- digests
-
-def line_digest(line: bytes) -> bytes:
-    """Digest of a JSONL line's bytes (without its line ending)."""
-    return hashlib.blake2b(line, digest_size=16, person=b"trimfast-jsonl").digest()
-
-
-def value_digest(value: Any) -> bytes:
-    """Digest of a canonical serialisation of a record.
-
-    Type-tagged and length-prefixed, so ``1`` / ``1.0`` / ``"1"`` / ``True`` and ``["ab"]`` /
-    ``["a", "b"]`` differ. Dict keys keep their order (the record is written back in that
-    order). Every NaN is one value; bytes, numpy and Arrow scalars, numpy arrays, dates and
-    decimals are handled; a value of any other type is a :class:`DataError` (its repr may not
-    be stable).
-    """
-    h = hashlib.blake2b(digest_size=16, person=b"trimfast-value")
-    _feed(h, value)
-    return h.digest()
-
-
-def _feed(h, v: Any) -> None:  # noqa: C901 - one branch per type
-    if v is None:
-        h.update(b"N")
-    elif v is True or v is False:
-        h.update(b"T" if v else b"F")
-    elif isinstance(v, int):
-        h.update(b"i%d;" % v)
-    elif isinstance(v, float):
-        h.update(b"fnan" if math.isnan(v) else b"f" + struct.pack(">d", v))
-    elif isinstance(v, str):
-        b = v.encode("utf-8", "surrogatepass")  # a lone surrogate still hashes
-        h.update(b"s%d:" % len(b))
-        h.update(b)
-    elif isinstance(v, (bytes, bytearray, memoryview)):
-        b = bytes(v)
-        h.update(b"b%d:" % len(b))
-        h.update(b)
-    elif isinstance(v, dict):
-        h.update(b"d%d:" % len(v))
-        for k, x in v.items():
-            _feed(h, k)
-            _feed(h, x)
-    elif isinstance(v, (list, tuple)):
-        h.update(b"l%d:" % len(v))
-        for x in v:
-            _feed(h, x)
-    elif isinstance(v, (datetime.date, datetime.time)):  # datetime is a date
-        h.update(b"t" + type(v).__name__.encode() + b":" + v.isoformat().encode() + b";")
-    elif isinstance(v, (datetime.timedelta, decimal.Decimal, uuid.UUID)):
-        h.update(b"o" + type(v).__name__.encode() + b":" + str(v).encode() + b";")
-    elif hasattr(v, "tolist") and type(v).__module__.startswith("numpy"):
-        _feed(h, v.tolist())  # numpy scalar or array -> Python values
-    elif hasattr(v, "as_py") and type(v).__module__.startswith("pyarrow"):
-        _feed(h, v.as_py())
-    else:
-        raise DataError(f"cannot digest a value of type {type(v).__module__}.{type(v).__name__}")
 
 
 # ----------------------------------------------------------------------------- detection

@@ -44,7 +44,6 @@ its id alone (SPEC 0, issue 18).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import weakref
@@ -53,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trim_fast.data.formats import DataError, Example
+from trim_fast.digests import tokenizer_identity
 from trim_fast.types import SCOPES
 
 _SENTINEL = "\u2063TRIMFAST{}\u2063"  # invisible separator: never in real text by accident
@@ -515,11 +515,7 @@ def _encode(tokenizer, text: str, where: str, **kwargs):
 
 def tokenizer_digest(tokenizer) -> str:
     """A hash of the vocabulary, special tokens and chat template: banks are tied to it."""
-    h = hashlib.sha256()
-    vocab = tokenizer.get_vocab()
-    h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
-    h.update(json.dumps(sorted(tokenizer.all_special_tokens)).encode())
-    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
-    return h.hexdigest()[:16]
+    return tokenizer_identity(tokenizer.get_vocab(), tokenizer.all_special_tokens,
+                              getattr(tokenizer, "chat_template", None))
 
 

@@ -23,7 +23,6 @@ existing local directory) and does not exist is "no such file", never a hub requ
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 import gzip
 import io
 import json
@@ -36,9 +35,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from trim_fast._notice import must_see
 from trim_fast.hub import is_hub_id
+from trim_fast.digests import code_digest, jsonl_line_digest
 from trim_fast.errors import ConfigError
 from trim_fast.data.formats import (
-    CUSTOM_FORMAT, FORMATS, DataError, Example, ToMessages, detect_format, line_digest,
+    CUSTOM_FORMAT, FORMATS, DataError, Example, ToMessages, detect_format,
     matching_formats, record_to_example, unknown_format_message)
 
 log = logging.getLogger("trim_fast.data")
@@ -301,7 +301,7 @@ class _JsonFile(_Reader):
                                         f"column {exc.colno}){hint}") from None
                     self._escapes = "\\ud" in text or "\\uD" in text
                     self.deep = text.count("[") + text.count("{") > MAX_DEPTH
-                    yield line_no, record, line_digest(body)
+                    yield line_no, record, jsonl_line_digest(body)
                 offset += len(raw)
 
     def _array_rows(self):
@@ -842,8 +842,7 @@ def _callable_identity(fn) -> str:
     code = getattr(fn, "__code__", None)
     if code is None:
         return name
-    h = hashlib.blake2b(code.co_code + repr(code.co_consts).encode(), digest_size=8)
-    return f"{name}:{h.hexdigest()}"
+    return f"{name}:{code_digest(code)}"
 
 
 def open_records(source: Any, *, split: str | None = None, subset: str | None = None,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
@@ -29,6 +28,7 @@ import torch
 
 from trim_fast.errors import (ConfigError, ModelError, ModelNotFoundError,
                               UnsupportedModelError)
+from trim_fast.digests import weights_identity
 from trim_fast.hub import bounded_hub_access, is_hub_id
 
 log = logging.getLogger("trim_fast.models")
@@ -341,15 +341,17 @@ def weights_digest(model: torch.nn.Module) -> str:
     """
     from trim_fast.models.prepare import forward_weights
 
-    h = hashlib.sha256(b"trim_fast weights v1\0")
-    with torch.no_grad():
+
+    def parts():
         for name, t in forward_weights(model):
             if t.device.type == "meta":
                 raise ValueError(f"weights_digest: {name} is on the meta device (offloaded or not "
                                  "loaded); load the model's weights first")
-            h.update(f"{name}\0{tuple(t.shape)}\0".encode())
-            h.update(_tensor_summary(t.detach()).cpu().numpy().tobytes())
-    return "w1:" + h.hexdigest()
+            yield f"{name}\0{tuple(t.shape)}\0".encode()
+            yield _tensor_summary(t.detach()).cpu().numpy().tobytes()
+
+    with torch.no_grad():
+        return weights_identity(parts())
 
 
 def _tensor_summary(t: torch.Tensor) -> torch.Tensor:
