@@ -206,7 +206,7 @@ def json_value(v, where: str, nonfinite: list | None = None):
 
 
 def _read_from_json_text(ex: Example) -> bool:
-    from trim_fast.data.sources import file_kind
+    from trim_fast.data.resolve import file_kind
 
     return (file_kind(ex.source) or ("",))[0] in ("jsonl", "json")
 
