@@ -7,7 +7,7 @@ import torch
 
 from trim_fast import digests
 from trim_fast.data import record_to_example, tokenizer_digest
-from trim_fast.models.loading import weights_digest
+from trim_fast.models.digest import weights_digest
 from trim_fast.run.workdir import _checksum
 from trim_fast.scoring.engine import chunk_digest
 

@@ -33,7 +33,7 @@ from trim_fast.config import SHARED_WITH_POOL, SelectionConfig
 from trim_fast.digests import settings_identity
 from trim_fast.errors import BankMismatchError, ConfigError, DataError
 from trim_fast.data import Records, open_records, open_tasks, tokenizer_digest
-from trim_fast.models.loading import weights_digest
+from trim_fast.models.digest import weights_digest
 from trim_fast.models.prepare import forward_model, unwrap
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.outputs import records_table

@@ -125,7 +125,7 @@ def file_checksum(parts: Iterable[bytes]) -> str:
 
 
 def weights_identity(parts: Iterable[bytes]) -> str:
-    """A model's forward weights, from the summaries ``models.loading.weights_digest`` feeds."""
+    """A model's forward weights, from the summaries ``models.digest.weights_digest`` feeds."""
     h = hashlib.sha256(b"trim_fast weights v1\0")
     for p in parts:
         h.update(p)
