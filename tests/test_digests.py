@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from trim_fast import digests
+from trim_fast.bank.fingerprints import FingerprintBank
 from trim_fast.data import record_to_example, tokenizer_digest
 from trim_fast.models.digest import weights_digest
 from trim_fast.run.workdir import _checksum
@@ -46,6 +47,11 @@ def test_identities_are_pinned():
     assert digests.settings_identity({"b": 1, "a": [1, "x"]}) == "1227a1a20c9e230a"
     arrays = [torch.tensor([3, 1, 2]), torch.arange(6.).view(3, 2) / 4, torch.tensor([0.5, 0.25])]
     assert digests.bank_identity(a.numpy().tobytes() for a in arrays) == "27d3fcee4ca83163"
+    bank = FingerprintBank(classes=torch.tensor([1, 2, 3]),
+                           vectors=torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]]),
+                           counts=torch.tensor([1, 2, 3]), mass=torch.tensor([1.0, 2.0, 0.5]),
+                           center=torch.tensor([0.5, 0.25]))
+    assert bank.digest() == "89201e3917466f66"
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Embedding(4, 2))
     with torch.no_grad():
         model[0].weight.copy_(torch.arange(6.).view(2, 3) / 7)

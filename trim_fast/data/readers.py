@@ -11,8 +11,8 @@ from trim_fast.data.formats import DataError, Example
 
 log = logging.getLogger("trim_fast.data")
 
-# A reader is one unit with a display name; rows() yields (line_or_row, record, digest | None).
 
+# A reader is one unit with a display name; rows() yields (line_or_row, record, digest | None).
 class _Reader:
     kind = ""
     name = ""  # Example.source

@@ -19,6 +19,9 @@ The network is used only when a hub dataset id is named, and a WARNING on logger
 ``trim_fast.data`` says so before the first request. A name that looks like a path (starts with
 ``./``, ``../``, ``/`` or ``~``, has a data-file extension, or whose first component is an
 existing local directory) and does not exist is "no such file", never a hub request.
+
+What a source is: :mod:`~trim_fast.data.resolve`; the readers: :mod:`~trim_fast.data.files`
+and :mod:`~trim_fast.data.readers`; the records: :mod:`~trim_fast.data.records`.
 """
 from __future__ import annotations
 
