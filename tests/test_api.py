@@ -282,12 +282,12 @@ def test_weights_digest_follows_the_weights(tiny_model_dir, data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trim_fast import Selector
-    from trim_fast.models import loading
+    from trim_fast.models.digest import weights_digest
 
     pool, targets = data
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     selector = Selector(model, AutoTokenizer.from_pretrained(tiny_model_dir))
-    with mock.patch("trim_fast.api.weights_digest", wraps=loading.weights_digest) as digest:
+    with mock.patch("trim_fast.api.weights_digest", wraps=weights_digest) as digest:
         first = selector.select(pool[:6], targets).banks["targets"].meta["model"]["digest"]
         assert digest.call_count == 1  # fingerprint and score share it
         with torch.no_grad():

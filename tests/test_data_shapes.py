@@ -518,3 +518,29 @@ def test_openai_weight_zero_turn_is_not_a_response(smollm_tokenizer):
     with pytest.raises(DataError, match="'weight' of turn 1 of 'messages' must be 0 or 1"):
         _one({"messages": [{"role": "user", "content": "Q"},
                            {"role": "assistant", "content": "A", "weight": 0.5}]})
+
+
+def test_a_shape_is_one_registry_entry(monkeypatch):
+    """Adding a record shape is one entry in SHAPES: detection, precedence, the unknown-shape
+    message, parsing and the media check all follow it."""
+    from trim_fast.data import formats, shapes
+
+    assert formats.FORMATS == tuple(shapes.SHAPES)
+    message = formats.unknown_format_message({"colour": "blue"})
+    assert ("expected one of the fields 'messages', 'conversations', 'instruction'+'output', "
+            "'prompt'+'completion', 'input_ids' or 'text' (or pass format= / to_messages=); "
+            "got ['colour']") in message
+
+    def qa(record, where):
+        return {"messages": [{"role": "user", "content": record["question"]},
+                             {"role": "assistant", "content": record["answer"]}], "tools": None}
+
+    monkeypatch.setitem(shapes.SHAPES, "qa", shapes.Shape(("question", "answer"), qa))
+    record = {"question": "Why?", "answer": "Because."}
+    assert formats.detect_format(record) == "qa"
+    assert formats.matching_formats(dict(record, text="t")) == ["text", "qa"]  # order = precedence
+    assert "or 'question'+'answer'" in formats.unknown_format_message({"colour": "blue"})
+    ex = record_to_example(record, "qa", source="s", line=1)
+    assert ex.format == "qa" and [m["content"] for m in ex.messages] == ["Why?", "Because."]
+    with pytest.raises(DataError, match="s:1: field 'images' holds media"):
+        record_to_example(dict(record, images=["x.png"]), "qa", source="s", line=1)

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from trim_fast.data import DataError, open_records
-from trim_fast.data.formats import value_digest
+from trim_fast.digests import value_digest
 
 CHATS = [{"id": f"c{i}", "messages": [{"role": "user", "content": f"question {i}"},
                                       {"role": "assistant", "content": f"answer {i}"}]}
@@ -75,9 +75,9 @@ def test_parquet_streams_by_batches_and_keeps_bytes_and_nan(tmp_path, monkeypatc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import trim_fast.data.sources as sources
+    from trim_fast.data.readers import _Reader
 
-    monkeypatch.setattr(sources, "_BATCH", 2)  # several batches even for a tiny file
+    monkeypatch.setattr(_Reader, "batch", 2)  # several batches even for a tiny file
     path = str(tmp_path / "p.parquet")
     pq.write_table(pa.table({"text": ["a", "b", "c", "d", "e"],
                              "blob": [b"\x00\xff", None, b"x", b"", b"y"],

@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "trim_fast"
 LAYERS = (
     # the base: the error types, result types and constants, checks, the compiled extension and its loader, the
     # network policy, small shared helpers, atomic files and the ranks of a torchrun group
-    ("errors", "types", "validation", "_C", "_ext", "_lazy", "_notice", "progress", "extras", "hub",
+    ("errors", "types", "validation", "_C", "_ext", "_lazy", "_notice", "progress", "extras", "hub", "digests",
      "run", "run.files", "run.distributed"),
     # settings, the naive oracle, the kernels, saliency -> alpha
     ("config", "reference", "ops", "saliency"),

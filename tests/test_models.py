@@ -19,7 +19,8 @@ import torch
 
 from trim_fast import hub
 from trim_fast.models import loading
-from trim_fast.models.loading import load_causal_lm, load_model, load_tokenizer, model_id, weights_digest
+from trim_fast.models.digest import weights_digest
+from trim_fast.models.loading import load_causal_lm, load_model, load_tokenizer, model_id
 from trim_fast.models.prepare import forward_model
 from lora import make_adapter
 

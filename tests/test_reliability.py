@@ -291,7 +291,8 @@ def test_2_overwritten_weights_refuse_the_old_bank_and_the_old_run(tmp_path, mon
     assert (_table("sc"), _table("run")) == tables_before  # and nothing was overwritten
     # the refusals guard a real difference: the bank's digest is not the new weights'
     from trim_fast.bank import FingerprintBank
-    from trim_fast.models.loading import load_model, weights_digest
+    from trim_fast.models.digest import weights_digest
+    from trim_fast.models.loading import load_model
 
     built = FingerprintBank.load(bank).meta["model"]["digest"]
     assert built != weights_digest(load_model("models/tiny2", device="cpu"))

@@ -7,7 +7,8 @@ import torch
 
 import trim_fast.data.render as render
 from trim_fast.data import record_to_example, tokenize_example
-from trim_fast.data.render import lead_mask, template_mask, template_runs
+from trim_fast.data.render import lead_mask
+from trim_fast.data.template import template_mask, template_runs
 
 
 def chat(user, assistant, **meta):

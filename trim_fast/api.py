@@ -18,8 +18,6 @@ DDP/accelerate-wrapped model, in eval mode. Pools and targets are anything
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import random
@@ -32,9 +30,10 @@ import torch
 from trim_fast.bank import FingerprintBank, settings_conflict
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
 from trim_fast.config import SHARED_WITH_POOL, SelectionConfig
+from trim_fast.digests import settings_identity
 from trim_fast.errors import BankMismatchError, ConfigError, DataError
 from trim_fast.data import Records, open_records, open_tasks, tokenizer_digest
-from trim_fast.models.loading import weights_digest
+from trim_fast.models.digest import weights_digest
 from trim_fast.models.prepare import forward_model, unwrap
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.outputs import records_table
@@ -310,7 +309,7 @@ class Selector:
                         "bank_settings": next(iter(banks.values())).meta["settings"]}
             # score shards depend on the banks themselves (vectors and center)
             identity = dict(run_identity(manifest), banks={t: b.digest() for t, b in banks.items()})
-            run_digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+            run_digest = settings_identity(identity)
             workdir = None
             if work_dir is not None:
                 workdir = WorkDir(work_dir)

@@ -1,5 +1,5 @@
 """The network policy, one place for models (:mod:`trim_fast.models.loading`) and datasets
-(:mod:`trim_fast.data.sources`): which names may reach the hub, and how a hub access is bounded.
+(:mod:`trim_fast.data.readers`): which names may reach the hub, and how a hub access is bounded.
 
 - **Path or hub id.** :func:`is_hub_id` is the one rule. A name that looks like a path
   (:func:`looks_like_path`) and does not exist is "no such file or directory" at once, never a

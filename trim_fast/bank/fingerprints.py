@@ -3,13 +3,13 @@ and checks), the float64 accumulator that builds one batch by batch, and the per
 share. The package docstring (:mod:`trim_fast.bank`) describes the whole."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 
+from trim_fast.digests import bank_identity
 from trim_fast.run.files import save_safetensors_atomic
 from trim_fast.types import Fingerprints
 from trim_fast.validation import check_finite
@@ -246,12 +246,9 @@ class FingerprintBank(Fingerprints):
     def digest(self) -> str:
         """A hash of the bank's classes, vectors and center: what a score shard was computed
         against."""
-        h = hashlib.sha256()
-        h.update(self.classes.to(torch.int64).cpu().numpy().tobytes())
-        h.update(self.vectors.float().cpu().numpy().tobytes())
-        if self.center is not None:
-            h.update(self.center.float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        arrays = [self.classes.to(torch.int64), self.vectors.float()]
+        arrays += [] if self.center is None else [self.center.float()]
+        return bank_identity(a.cpu().numpy().tobytes() for a in arrays)
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -20,7 +20,6 @@ full attention, prefix included, and targets are few.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 from collections import OrderedDict
@@ -32,6 +31,7 @@ import torch
 from trim_fast.batching import TokenChunk, pad_batch, token_budget_batches
 from trim_fast.capture import capture_eager, capture_saliency
 from trim_fast.capture.attention import base_model_of, is_causal_model
+from trim_fast.digests import batch_key
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ class ForwardCache:
     def hidden(self, ids: torch.Tensor, compute: Callable[[], object], tag: bytes = b""):
         """``compute()`` (a tensor or a dict of tensors) for the batch ``ids``, from memory when
         this batch (and ``tag``: what else the states depend on) was computed before."""
-        key = hashlib.blake2b(ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode() + tag,
-                              digest_size=16).digest()
+        key = batch_key(ids.cpu().numpy().tobytes(), tuple(ids.shape), tag)
         if key not in self._hidden:
             value = compute()
             self._hidden[key] = {k: v.cpu() for k, v in value.items()} \

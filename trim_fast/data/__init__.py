@@ -7,8 +7,8 @@ _EXPORTS = {
     "detect_format": ".formats", "record_to_example": ".formats",
     "SCOPES": ".render", "Tokenized": ".render", "render_messages": ".render",
     "tokenize_example": ".render", "tokenizer_digest": ".render",
-    "Records": ".sources", "open_records": ".sources", "task_names": ".sources",
-    "open_tasks": ".sources",
+    "Records": ".records", "open_records": ".sources", "task_names": ".tasks",
+    "open_tasks": ".tasks",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -18,6 +18,7 @@ import tempfile
 from typing import Iterator, Sequence
 
 from trim_fast.data import DataError, Example
+from trim_fast.data.resolve import file_kind
 from trim_fast.extras import require
 from trim_fast.errors import ConfigError, RunDirectoryError
 from trim_fast.run.files import atomic_open
@@ -87,7 +88,7 @@ def resolve_output_format(output_format: str, examples_sources: Sequence[str]) -
         raise ConfigError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     if output_format != "auto":
         return output_format
-    parquet = [str(s).lower().endswith(".parquet") for s in examples_sources]
+    parquet = [_is_parquet(s) for s in examples_sources]
     return "parquet" if parquet and all(parquet) else "jsonl"
 
 
@@ -205,9 +206,11 @@ def json_value(v, where: str, nonfinite: list | None = None):
     return v
 
 
-def _read_from_json_text(ex: Example) -> bool:
-    from trim_fast.data.sources import file_kind
+def _is_parquet(source) -> bool:
+    return file_kind(str(source)) == ("parquet", None)
 
+
+def _read_from_json_text(ex: Example) -> bool:
     return (file_kind(ex.source) or ("",))[0] in ("jsonl", "json")
 
 
@@ -292,7 +295,7 @@ def _source_schema(selected: Sequence[Example]):
     import pyarrow.parquet as pq
 
     paths = {ex.source for ex in selected}
-    if not paths or not all(str(p).lower().endswith(".parquet") and os.path.exists(p) for p in paths):
+    if not paths or not all(_is_parquet(p) and os.path.exists(p) for p in paths):
         return None
     schemas = {pq.read_schema(p).remove_metadata() for p in paths}
     return schemas.pop() if len(schemas) == 1 else None

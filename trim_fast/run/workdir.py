@@ -15,7 +15,6 @@ resolved path, so two spellings of one model directory or one file are one run
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from trim_fast.digests import file_checksum
 from trim_fast.errors import RunDirectoryError
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.files import atomic_open, save_safetensors_atomic
@@ -168,12 +168,13 @@ class WorkDir:
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     """blake2b of every tensor's name, dtype, shape and bytes: a chunk file whose data changed
     at the same size (a bad disk, a stray write) is not trusted."""
-    h = hashlib.blake2b(digest_size=16, person=b"trimfast-chunk")
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    def parts():
+        for name in sorted(tensors):
+            t = tensors[name].detach().cpu().contiguous()
+            yield f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode()
+            yield t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    return file_checksum(parts())
 
 
 __all__ = ["WorkDir", "CACHE_VERSION", "run_identity"]

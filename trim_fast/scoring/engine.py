@@ -11,7 +11,6 @@ result does not depend on the world size, nor on whether a work directory is use
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from trim_fast.batching import TokenChunk
 from trim_fast.capture.forward import ForwardCache, ForwardLoop, loop_for
 from trim_fast.config import SelectionConfig
 from trim_fast.data import DataError, tokenize_example, tokenizer_digest
+from trim_fast.digests import pool_digest, records_digest
 from trim_fast.ops.token_match import match_and_pool
 from trim_fast.progress import Progress
 from trim_fast.run.distributed import DistContext
@@ -77,10 +77,7 @@ def iter_chunks(examples: Iterable, chunk_size: int) -> Iterator[tuple[int, int,
 
 
 def chunk_digest(examples: Sequence) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for ex in examples:
-        h.update(ex.digest())
-    return h.hexdigest()
+    return records_digest(ex.digest() for ex in examples)
 
 
 class _Copies:
@@ -218,9 +215,8 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
     loop = loop_for(model, cfg, pad_id=pad_id, forward_cache=forward_cache)
     # pass 2: score this rank's chunks that have no valid shard yet. The pool IDF makes every
     # shard depend on the whole pool's content, not only on its own chunk's.
-    pool_digest = hashlib.blake2b("".join(digests).encode(), digest_size=16).hexdigest()
     score_header = {"kind": "scores", "run": run_digest, "pool_examples": n_examples,
-                    "pool": pool_digest if cfg.idf == "pool" else None}
+                    "pool": pool_digest(digests) if cfg.idf == "pool" else None}
     shards, reused, tokens, seconds = {}, 0, 0, 0.0
     total = sum(v if isinstance(v, int) else int(v.ids.numel()) for v in mine.values())
     with Progress(total, "scoring" + (f" (rank {ctx.rank})" if ctx.world > 1 else ""), progress) as bar:
