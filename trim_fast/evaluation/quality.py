@@ -9,8 +9,10 @@ their hidden states in memory, so each variant re-scores without a forward. Each
 a task; a pool example is relevant to a task when its ``family`` equals the targets' family.
 
 Baselines: random (mean of 10 seeds), BM25 (``bm25s``), and the sample-level cosine: each
-example's counted hidden states averaged, cosine to the centroid of the targets' averages, at the
-last layer and at two thirds of the depth, raw and centred by the pool's mean state.
+example's counted hidden states averaged (:meth:`Selector.embed`), cosine to the centroid of the
+targets' averages, at the last layer and at two thirds of the depth, raw and centred by the pool's
+mean state. Results are keyed by stable ids (``trim_default``, ``mean_cosine_last`` ...); the
+tables show ``LABELS``.
 """
 from __future__ import annotations
 
