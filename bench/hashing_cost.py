@@ -47,7 +47,7 @@ def _timed_pass(paths, *, hashing: bool, chunk_size: int, value_digests: bool = 
     tokenizer), with or without the hashing; each hashing part timed on its own."""
     import trim_fast.data.sources as sources
     from trim_fast.data import open_records
-    from trim_fast.data.formats import value_digest
+    from trim_fast.digests import value_digest
     from trim_fast.scoring.engine import _Copies, chunk_digest, iter_chunks
 
     line_digest = sources.line_digest
@@ -91,7 +91,7 @@ def _timed_pass(paths, *, hashing: bool, chunk_size: int, value_digests: bool = 
 
 def _line_digest_only(paths) -> tuple[float, float]:
     """(seconds to read the lines as bytes, seconds to blake2b them as the reader does)."""
-    from trim_fast.data.formats import line_digest
+    from trim_fast.digests import jsonl_line_digest as line_digest
 
     read = digest = 0.0
     for path in paths:

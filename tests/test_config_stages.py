@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from trim_fast import api, config
+from trim_fast import config
+from trim_fast.bank import checks as bank_checks
 from trim_fast.config import (BANK_FIELDS, SCORING_FIELDS, SHARED_WITH_POOL, STAGES,
                               SelectionConfig, setting, stage_fields)
 
@@ -28,7 +29,7 @@ def test_the_lists_come_from_the_metadata():
              for s in STAGES}
     assert set(BANK_FIELDS) == keyed["fingerprint"] and set(SCORING_FIELDS) == keyed["score"]
     assert set(SHARED_WITH_POOL) == keyed["fingerprint"] & keyed["score"]
-    assert api.SHARED_WITH_POOL is config.SHARED_WITH_POOL
+    assert bank_checks.SHARED_WITH_POOL is config.SHARED_WITH_POOL  # the bank checks use it
     cfg = SelectionConfig()
     assert set(cfg.bank_settings()) == set(BANK_FIELDS)
     assert set(cfg.scoring_settings()) == set(SCORING_FIELDS)

@@ -69,9 +69,9 @@ def test_eval_command_end_to_end(tmp_path, tiny_model_dir):
                  "--out", str(out)]) == 0
     result = json.load(open(out / "quality.json"))
     assert result["pool_size"] == 60 and len(result["families"]) == 6
-    selectors = {"TRIM default (matched)", "TRIM paper", "BM25", "random",
-                 "mean-cosine, last layer", "mean-cosine, last layer, centred",
-                 "mean-cosine, layer 2", "mean-cosine, layer 2, centred"}
+    selectors = {"trim_default", "trim_paper", "bm25", "random",
+                 "mean_cosine_last", "mean_cosine_last_centred",
+                 "mean_cosine_two_thirds", "mean_cosine_two_thirds_centred"}
     assert set(result["summary"]) == selectors
     for fam in result["families"].values():
         assert set(fam["selectors"]) == selectors and fam["family_size"] == 10
@@ -79,19 +79,22 @@ def test_eval_command_end_to_end(tmp_path, tiny_model_dir):
             for k, v in metrics.items():
                 assert (0.0 <= v <= 1.0) if k.startswith(("P@", "R@")) else v > 0
         # recall at k = family size equals precision there
-        trim = fam["selectors"]["TRIM default (matched)"]
+        trim = fam["selectors"]["trim_default"]
         assert math.isclose(trim["P@|family|"], trim["R@|family|"])
     for name, s in result["summary"].items():
         worst = min(f["selectors"][name]["P@|family|"] for f in result["families"].values())
         assert s["worst P@|family|"] == worst
     assert {r["group"] for r in result["study"]} == {"matched", "paper"}
     down = result["downstream"]
-    assert set(down["losses"]) == {"base model", "TRIM default (matched)", "TRIM paper",
-                                   "mean-cosine", "random"}
+    assert set(down["losses"]) == {"base_model", "trim_default", "trim_paper",
+                                   "mean_cosine", "random"}
     assert all(math.isfinite(v) and v > 0 for v in down["losses"].values())
     assert set(down["train_size"].values()) == {3} and down["heldout_size"] == 4
     md = (out / "quality.md").read_text()
     assert "| TRIM default (matched) |" in md and "Downstream" in md and "Study" in md
+    assert "| mean-cosine, layer 2, centred |" in md and result["labels"]["mean_cosine_two_thirds"] \
+        == "mean-cosine, layer 2"
+    assert len({r["id"] for r in result["study"]}) == len(result["study"])  # stable and distinct
     assert (out / "quality.png").stat().st_size > 0
 
 

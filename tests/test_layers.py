@@ -29,12 +29,14 @@ LAYERS = (
     ("run.workdir", "scoring"),
     # combine, round k, top-k (SPEC 4)
     ("selection",),
-    # output files of a selection
-    ("run.outputs",),
+    # output files of a selection; a run's inputs read and checked; a score table read back
+    ("run.outputs", "run.inputs", "run.score_table"),
     # the library's front door (the package itself re-exports it)
     ("api", ""),
     # the LoRA warmup (SPEC 5), which runs selections
     ("warmup",),
+    # whole runs with their outputs, under the faces
+    ("run.pipeline",),
     # the faces
     ("__main__", "cli", "flags", "evaluation", "demo", "integrations", "benchmark"),
 )

@@ -51,6 +51,7 @@ def test_stages_example_runs_and_reads_the_records_back(tiny_model_dir):
     result, selection = namespace["result"], namespace["selection"]
     assert selection.indices == result.indices
     assert namespace["chosen"] == result.records()
+    assert namespace["vectors"].shape[0] == len(namespace["pool"])
     import trim_fast
 
     assert type(selection) is trim_fast.Selection

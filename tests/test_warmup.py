@@ -298,7 +298,7 @@ def test_select_flags_do_not_clash_and_warmup_switch(tmp_path, monkeypatch):
                               "--warmup-ratio", "0.1", "--warmup-gradient-checkpointing"])
     values = cli._values(args)
     assert values["warmup"] and values["warmup_fraction"] == 0.1 and "fraction" not in values
-    cfg = cli.build_settings(WarmupConfig, values, prefix="warmup_", prefixed=cli._WARMUP_PREFIXED)
+    cfg = cli.build_settings(WarmupConfig, values, prefix="warmup_", prefixed=cli.WARMUP_PREFIXED)
     assert cfg == WarmupConfig(fraction=0.1, r=8, lr=1e-4, warmup_ratio=0.1, gradient_checkpointing=True)
     calls = {}
 
@@ -308,13 +308,16 @@ def test_select_flags_do_not_clash_and_warmup_switch(tmp_path, monkeypatch):
 
     monkeypatch.setattr("trim_fast.warmup.run_warmup", fake_run)
     monkeypatch.setattr("trim_fast.models.loading.load_tokenizer", lambda name=None: None)
-    assert cli._warmup_for_select(values, [], str(tmp_path)).adapter_dir == calls["out"]
+    from trim_fast.run.pipeline import ensure_warmup_adapter
+
+    assert ensure_warmup_adapter(values.get("model"), [], cli._warmup_settings(values),
+                                 str(tmp_path)).adapter_dir == calls["out"]
     assert calls == {"out": os.path.join(str(tmp_path), "warmup_adapter"), "fraction": 0.1}
     values = cli._values(parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path),
                                             "--warmup", "--warmup-fraction", "2"]))
     with pytest.raises(ValueError, match="fraction=2.0"):
-        cli._warmup_for_select(values, [], str(tmp_path))
+        cli._warmup_settings(values)
     values = cli._values(parser.parse_args(["select", "--pool", "p.jsonl", "--out", str(tmp_path),
                                             "--warmup", "--adapter", "x"]))
     with pytest.raises(ValueError, match="--warmup and --adapter"):
-        cli._warmup_for_select(values, [], str(tmp_path))
+        cli._warmup_settings(values)

@@ -27,22 +27,26 @@ from typing import Any, Mapping
 
 import torch
 
-from trim_fast.bank import FingerprintBank, settings_conflict
+from trim_fast.bank import FingerprintBank
+from trim_fast.bank.checks import check_banks, collect_banks, load_bank
 from trim_fast.bank.build import fingerprint_tokens, mean_state, target_family
-from trim_fast.config import SHARED_WITH_POOL, SelectionConfig
+from trim_fast.config import SelectionConfig
 from trim_fast.digests import settings_identity
-from trim_fast.errors import BankMismatchError, ConfigError, DataError
+from trim_fast.errors import ConfigError, DataError
 from trim_fast.data import Records, open_records, open_tasks, tokenizer_digest
 from trim_fast.models.digest import weights_digest
 from trim_fast.models.prepare import forward_model, unwrap
 from trim_fast.run.distributed import DistContext
 from trim_fast.run.outputs import records_table
 from trim_fast.run.workdir import WorkDir, run_identity
-from trim_fast.scoring.engine import (ForwardCache, PoolScores, chunk_digest, score_pool,
-                                      tokenize_chunk)
+from trim_fast.capture.forward import check_hidden_layer, loop_for
+from trim_fast.scoring.engine import (ForwardCache, PoolScores, chunk_digest, iter_chunks,
+                                      score_pool, tokenize_chunk)
 from trim_fast.selection import Selection, choose, num_selected
 
 logger = logging.getLogger("trim_fast")
+
+EMBED_POOLING = ("mean", "last")  # Selector.embed: over a record's counted tokens
 
 
 
@@ -291,7 +295,7 @@ class Selector:
         killed run resumes where it stopped. ``forward_cache``: reuse the forward passes of an
         earlier call on the same pool (in memory)."""
         records = open_records(pool)
-        banks = _banks(banks)
+        banks = collect_banks(banks)
         ctx = self._dist()
         with forward_model(self.model) as base:
             info = self._model_info(base)
@@ -323,46 +327,10 @@ class Selector:
         return scores
 
     def check_banks(self, banks: Mapping[str, FingerprintBank], info: dict | None = None) -> None:
-        """Refuse banks that do not fit this selector: built with another model's weights or
-        tokenizer, with settings that differ among them or from this config's, or holding a
-        token id outside the vocabulary."""
-        if not banks:
-            raise BankMismatchError("no fingerprint bank given")
-        conflict = settings_conflict(banks)
-        if conflict:
-            raise BankMismatchError(conflict)
-        first = next(iter(banks.values())).meta["settings"]
-        for key in SHARED_WITH_POOL:
-            if first.get(key) != getattr(self.config, key):
-                raise BankMismatchError(f"the banks were built with {key}={first.get(key)!r}, this run "
-                                 f"scores with {key}={getattr(self.config, key)!r}; use the same "
-                                 f"{key}")
-        centers = [b.center for b in banks.values()]
-        shared = centers[0]
-        same = all(torch.equal(c, shared) if c is not None and shared is not None else c is shared
-                   for c in centers)
-        if not same or (self.config.center == "pool") != (shared is not None):
-            raise BankMismatchError("the banks do not share one mean state (center): build the banks of "
-                             "one run together, from one pool")
-        vocab = len(self.tokenizer)
-        digest = tokenizer_digest(self.tokenizer)
-        for name, bank in banks.items():
-            if bank.meta.get("tokenizer_digest") != digest:
-                raise BankMismatchError(f"bank {name!r} was built with another tokenizer "
-                                 f"(digest {bank.meta.get('tokenizer_digest')!r}, this run's is "
-                                 f"{digest!r}); rebuild it with this model's tokenizer")
-            top = int(bank.classes.max())
-            if top >= vocab:
-                raise BankMismatchError(f"bank {name!r} holds token id {top}, outside the tokenizer's "
-                                 f"vocabulary of {vocab}")
-            if info is not None:
-                built = bank.meta.get("model") or {}
-                if built.get("digest") != info["digest"]:
-                    raise BankMismatchError(
-                        f"bank {name!r} was built with model {built.get('name')!r} (weights "
-                        f"digest {built.get('digest')!r}); this run's model {info['name']!r} has "
-                        f"weights digest {info['digest']!r}. Its fingerprints do not fit these "
-                        "hidden states: rebuild the bank with this model")
+        """Refuse banks that do not fit this selector (:func:`trim_fast.bank.checks.check_banks`):
+        another model's weights or tokenizer, settings that differ, a token id outside the
+        vocabulary."""
+        check_banks(banks, self.config, self.tokenizer, info)
 
     # -- pool + targets -> selection ------------------------------------------------------------
     @_one_thread
@@ -408,6 +376,35 @@ class Selector:
                     n, size, self.config.seed)
         return open_records(records.take(picks))
 
+    @_one_thread
+    def embed(self, records: Any, *, pooling: str = "mean", layer: int | None = None) -> torch.Tensor:
+        """``[N, d]`` float32, one vector per record: its hidden states at ``layer`` (``None``:
+        this config's ``hidden_layer``; ``-1``: the last, after the final norm; ``l``: the output
+        of block ``l``) pooled over its counted tokens (all its tokens when none counts):
+        ``"mean"`` averages them, ``"last"`` takes the last. The scorer's forward loop, with this
+        config's batches and levers."""
+        if pooling not in EMBED_POOLING:
+            raise ConfigError(f"pooling {pooling!r}: expected one of {', '.join(EMBED_POOLING)}")
+        cfg = self.config
+        layer = cfg.hidden_layer if layer is None else layer
+        vectors = []
+        with forward_model(self.model) as base:
+            loop = loop_for(base, cfg, pad_id=self.pad_id, layers=(layer,))
+            key = check_hidden_layer(loop.base, layer)
+            for _, _, examples in iter_chunks(open_records(records), cfg.chunk_size):
+                chunk = tokenize_chunk(self.tokenizer, examples, cfg)
+                pooled = [None] * len(chunk)
+                for hb in loop.hidden_batches(chunk):
+                    hidden = hb.states[key].float()
+                    for row, i in enumerate(hb.index):
+                        keep = hb.counted[row] if bool(hb.counted[row].any()) else hb.mask[row]
+                        states = hidden[row][keep]
+                        pooled[i] = (states.mean(0) if pooling == "mean" else states[-1]).cpu()
+                vectors.extend(pooled)
+        if not vectors:
+            raise DataError("embed: no records")
+        return torch.stack(vectors)
+
     def _model_info(self, base) -> dict:
         """The model's name and weights digest (a pass over the weights: taken at every public
         call, since a frontend may change the weights in between; once per :meth:`select`)."""
@@ -429,42 +426,6 @@ class Selector:
 
     def _dist(self) -> DistContext:
         return DistContext.current() if self.distributed else DistContext()
-
-
-def load_bank(path: str | os.PathLike) -> FingerprintBank:
-    """A bank file; a missing, cut or foreign file is a :class:`DataError` naming it."""
-    try:
-        return FingerprintBank.load(os.fspath(path))
-    except FileNotFoundError as exc:
-        raise DataError(str(exc)) from exc
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(str(exc)) from exc
-
-
-def _banks(banks: Any) -> dict[str, FingerprintBank]:
-    if isinstance(banks, FingerprintBank):
-        return {banks.meta.get("task", "targets"): banks}
-    if isinstance(banks, (str, os.PathLike)):
-        banks = [banks]
-    if isinstance(banks, Mapping):
-        banks = {name: load_bank(b) if isinstance(b, (str, os.PathLike)) else b
-                 for name, b in banks.items()}
-    if isinstance(banks, Mapping):
-        out = dict(banks)
-    else:
-        out = {}
-        for b in banks:
-            bank = load_bank(b) if isinstance(b, (str, os.PathLike)) else b
-            name = bank.meta.get("task") or f"task{len(out)}"
-            if name in out:
-                raise BankMismatchError(f"two banks are named {name!r}; pass a mapping {{task: bank}}")
-            out[name] = bank
-    for name, bank in out.items():
-        if not isinstance(bank, FingerprintBank):
-            raise TypeError(f"bank {name!r}: expected a FingerprintBank, got {type(bank).__name__}")
-    return out
 
 
 __all__ = ["Selector", "SelectionResult", "load_bank"]

@@ -79,3 +79,17 @@ def main(argv, doc: str, generate: Callable[..., dict], size_flag: str, size_def
     manifest = generate(args["out_dir"], **{size_kw: args[size_kw]},
                         targets_per_family=args["targets"], seed=args["seed"])
     print(json.dumps(manifest, indent=2))
+
+
+def print_precision(title: str, summary: dict) -> None:
+    """The demo's table: each task's precision and its share of the written coreset."""
+    core = summary.get("coreset", {"per_task": {}})
+    print(f"\n{title}:\n{'task':<20} {'precision@5%':>12} {'family share':>13} "
+          f"{'in coreset':>10} {'of fair share':>13}")
+    for task, p in summary.get("precision_per_task", {}).items():
+        c = core["per_task"].get(task, {})
+        print(f"{task:<20} {p['precision']:>12.3f} {p['family_share_of_pool']:>13.3f} "
+              f"{c.get('count', 0):>10d} {c.get('share_of_fair', 0.0):>13.2f}")
+    if "precision" in core:
+        print(f"written coreset ({core['selected']} records, tasks combined by "
+              f"{summary['config']['combine']}): precision {core['precision']:.3f}")

@@ -58,10 +58,11 @@ def add_eval_parser(sub) -> None:
 
 def cmd_eval(values: dict) -> int:
     from trim_fast.api import Selector
-    from trim_fast.data import DataError, open_records
+    from trim_fast.data import DataError, open_records, open_tasks
     from trim_fast.demo import generate as demo_pool
     from trim_fast.demo import hard as hard_pool
-    from trim_fast.evaluation.quality import run_downstream, run_quality, save_result
+    from trim_fast.evaluation.quality import run_downstream, run_quality
+    from trim_fast.evaluation.report import save_result
     from trim_fast.flags import build_settings
     from trim_fast.run.outputs import ensure_out_dir
 
@@ -81,7 +82,7 @@ def cmd_eval(values: dict) -> int:
     if kind is not None:
         values["pool"], values["targets"] = manifest["pool"], list(manifest["targets"].values())
     pool = open_records(values["pool"])
-    targets = {os.path.basename(p).split(".")[0]: open_records(p) for p in values["targets"]}
+    targets = open_tasks(list(values["targets"]))  # one task per file, named as --targets names it
     if pool.count() == 0:
         raise DataError("eval: the pool is empty")
     mc = build_settings(ModelConfig, values)
@@ -122,10 +123,9 @@ def cmd_eval(values: dict) -> int:
         else:
             raise ConfigError("--downstream needs --heldout SOURCE with new examples of that family")
         chosen = result["selections"][task]
-        k = len(chosen["TRIM default (matched)"])
-        selections = {"TRIM default (matched)": chosen["TRIM default (matched)"],
-                      "TRIM paper": chosen["TRIM paper"], "mean-cosine": chosen["mean-cosine"],
-                      "random": random.Random(values["seed"]).sample(range(len(examples)), k)}
+        k = len(chosen["trim_default"])
+        selections = {name: chosen[name] for name in ("trim_default", "trim_paper", "mean_cosine")}
+        selections["random"] = random.Random(values["seed"]).sample(range(len(examples)), k)
         downstream = run_downstream(mc.model, selector.tokenizer, examples, selections, heldout,
                                     family, out_dir, seed=values["seed"],
                                     warmup_overrides={"epochs": values["downstream_epochs"],

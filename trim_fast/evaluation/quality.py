@@ -9,8 +9,10 @@ their hidden states in memory, so each variant re-scores without a forward. Each
 a task; a pool example is relevant to a task when its ``family`` equals the targets' family.
 
 Baselines: random (mean of 10 seeds), BM25 (``bm25s``), and the sample-level cosine: each
-example's counted hidden states averaged, cosine to the centroid of the targets' averages, at the
-last layer and at two thirds of the depth, raw and centred by the pool's mean state.
+example's counted hidden states averaged (:meth:`Selector.embed`), cosine to the centroid of the
+targets' averages, at the last layer and at two thirds of the depth, raw and centred by the pool's
+mean state. Results are keyed by stable ids (``trim_default``, ``mean_cosine_last`` ...); the
+tables show ``LABELS``.
 """
 from __future__ import annotations
 
@@ -23,14 +25,11 @@ from typing import Sequence
 import torch
 
 from trim_fast.errors import DataError
+from trim_fast import ForwardCache
 from trim_fast.api import Selector
-from trim_fast.capture.forward import check_hidden_layer, loop_for
 from trim_fast.data import Example, Records, tokenize_example
 from trim_fast.evaluation.metrics import bm25_scores, precision_recall, random_selections
-from trim_fast.extras import require
-from trim_fast.models.prepare import forward_model
 from trim_fast.config import SelectionConfig
-from trim_fast.scoring.engine import ForwardCache, iter_chunks, tokenize_chunk
 from trim_fast.selection import num_selected, select_top_k
 
 logger = logging.getLogger(__name__)
@@ -45,28 +44,6 @@ def example_text(ex: Example) -> str:
     if ex.messages is not None:
         return "\n".join(m["content"] for m in ex.messages if m.get("content"))
     return ""
-
-
-def mean_pooled_states(selector: Selector, records, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """``{layer: [P, d]}``: each example's counted hidden states averaged (all its tokens when
-    none counts), from the output of each given layer (``-1``: the last, after the final norm).
-    One pass of the forward loop the scorer uses, all layers from it."""
-    cfg = selector.config
-    out: dict[int, list] = {layer: [] for layer in layers}
-    with forward_model(selector.model) as base:
-        loop = loop_for(base, cfg, pad_id=selector.pad_id, layers=layers)
-        for _, _, examples in iter_chunks(records, cfg.chunk_size):
-            chunk = tokenize_chunk(selector.tokenizer, examples, cfg)
-            pooled = {layer: [None] * len(chunk) for layer in layers}
-            for hb in loop.hidden_batches(chunk):
-                for layer in layers:
-                    hidden = hb.states[check_hidden_layer(loop.base, layer)].float()
-                    for row, i in enumerate(hb.index):
-                        keep = hb.counted[row] if bool(hb.counted[row].any()) else hb.mask[row]
-                        pooled[layer][i] = hidden[row][keep].mean(0).cpu()
-            for layer in layers:
-                out[layer].extend(pooled[layer])
-    return {layer: torch.stack(v) for layer, v in out.items()}
 
 
 def sample_cosine(pool_states: torch.Tensor, target_states: torch.Tensor,
@@ -115,9 +92,19 @@ def summarize(per_task: dict[str, dict]) -> dict:
             "mean P@|family|": statistics.fmean(pf), "worst P@|family|": min(pf)}
 
 
-# The selectors of the headline table: the default and the paper's scoring, as configs.
-METHODS: dict[str, dict] = {"TRIM default (matched)": {"method": "matched"},
-                            "TRIM paper": {"method": "paper"}}
+# The selectors of the headline table: the default and the paper's scoring, as configs. Results
+# are keyed by these stable ids; LABELS gives what the tables and the plot show.
+METHODS: dict[str, dict] = {"trim_default": {"method": "matched"}, "trim_paper": {"method": "paper"}}
+LABELS = {"trim_default": "TRIM default (matched)", "trim_paper": "TRIM paper", "bm25": "BM25",
+          "random": "random", "mean_cosine": "mean-cosine", "base_model": "base model",
+          "mean_cosine_last": "mean-cosine, last layer",
+          "mean_cosine_last_centred": "mean-cosine, last layer, centred"}
+
+
+def selector_labels(depth_two_thirds: int) -> dict[str, str]:
+    """Every selector id -> its display label (the two-thirds layer named by its number)."""
+    return {**LABELS, "mean_cosine_two_thirds": f"mean-cosine, layer {depth_two_thirds}",
+            "mean_cosine_two_thirds_centred": f"mean-cosine, layer {depth_two_thirds}, centred"}
 
 STUDY: list[tuple[str, str, dict]] = [
     # (group, label, SelectionConfig settings): every row is a config a user can run
@@ -189,8 +176,9 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
 
     depth = int(getattr(selector.model.config, "num_hidden_layers", 0) or 0)
     two_thirds = max(1, round(2 * depth / 3))
-    states = mean_pooled_states(default, pool, (-1, two_thirds))
-    target_states = {task: mean_pooled_states(default, list(targets[task]), (-1, two_thirds))
+    layers = (-1, two_thirds)
+    states = {layer: default.embed(pool, layer=layer) for layer in layers}
+    target_states = {task: {layer: default.embed(targets[task], layer=layer) for layer in layers}
                      for task in targets}
     centers = {layer: states[layer].mean(0) for layer in states}  # the pool's mean example state
     texts = [example_text(e) for e in examples]
@@ -201,27 +189,28 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
         target_examples = list(targets[task])
         rows = {name: evaluate_selector(s[t_i], families, lengths, fam)
                 for name, s in method_scores.items()}
-        for layer, label in ((-1, "last layer"), (two_thirds, f"layer {two_thirds}")):
+        for layer, where in ((-1, "last"), (two_thirds, "two_thirds")):
             for centred in (False, True):
                 cos = sample_cosine(states[layer], target_states[task][layer],
                                     centers[layer] if centred else None)
-                rows[f"mean-cosine, {label}{', centred' if centred else ''}"] = \
+                rows[f"mean_cosine_{where}{'_centred' if centred else ''}"] = \
                     evaluate_selector(cos, families, lengths, fam)
                 if layer == -1 and not centred:
-                    selections.setdefault(task, {})["mean-cosine"] = select_top_k(cos, k5).tolist()
-        rows["BM25"] = evaluate_selector(bm25_scores(texts, [example_text(e) for e in target_examples]),
+                    selections.setdefault(task, {})["mean_cosine"] = select_top_k(cos, k5).tolist()
+        rows["bm25"] = evaluate_selector(bm25_scores(texts, [example_text(e) for e in target_examples]),
                                          families, lengths, fam)
         rows["random"] = evaluate_selector(None, families, lengths, fam)
         per_family[task] = {"family": fam, "family_size": sum(f == fam for f in families),
                             "selectors": rows}
         selections[task].update({name: select_top_k(s[t_i], k5).tolist()
                                  for name, s in method_scores.items()})
-        logger.info("%s: " + ", ".join(f"{n} %.3f" for n in rows), task,
+        logger.info("%s: " + ", ".join(f"{LABELS.get(n, n)} %.3f" for n in rows), task,
                     *(rows[n]["P@|family|"] for n in rows))
     selectors = list(next(iter(per_family.values()))["selectors"])
     summary = {name: summarize({t: f["selectors"][name] for t, f in per_family.items()})
                for name in selectors}
     result = {"pool_size": len(examples), "families": per_family, "summary": summary,
+              "labels": selector_labels(two_thirds),
               "config": _run_settings(base_cfg), "depth": depth, "selections": selections,
               "trim_scores": scores.score.tolist()}
     if checks:
@@ -232,12 +221,17 @@ def run_quality(selector: Selector, pool: Records, targets: dict[str, Records], 
             ts = task_scores(variant(settings), pool, targets, cache)
             metrics = {task: evaluate_selector(ts[t_i], families, lengths, fam_of[task])
                        for t_i, task in enumerate(targets)}
-            table.append({"group": group, "setting": label, "config": settings,
+            table.append({"id": study_id(settings), "group": group, "setting": label, "config": settings,
                           **summarize(metrics)})
         result["study"] = table
         logger.info("%d study rows done", len(STUDY))
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def study_id(settings: dict) -> str:
+    """A study row's stable id: its settings (``method=matched,center=none``)."""
+    return ",".join(f"{k}={v}" for k, v in settings.items())
 
 
 def llama_factory_rows(tokenizer, examples: Sequence[Example]) -> list[dict]:
@@ -316,7 +310,7 @@ def run_checks(selector: Selector, pool: Records, targets: dict[str, Records],
             chat = task_scores(sel, examples, target_lists, cache)
             row_pool, row_targets = rows[scope]
             pre = task_scores(sel, row_pool, row_targets, cache)
-            out["pre-tokenized rows"][f"{name}, scope {scope}"] = {
+            out["pre-tokenized rows"].setdefault(name, {})[scope] = {
                 "chat records": p_family(chat), "LLaMA-Factory rows": p_family(pre)}
             if scope == "all":
                 out["coreset"][name] = {how: coreset_coverage(chat, families, task_families, how)
@@ -330,109 +324,6 @@ def _run_settings(cfg: SelectionConfig) -> dict:
     keep = ("max_length", "max_tokens", "chunk_size", "seed", "saliency", "center_sample",
             "shared_prefix", "cut_tails", "hidden_layer")
     return {k: getattr(cfg, k) for k in keep}
-
-
-def format_markdown(result: dict, downstream: dict | None = None, title: str = "") -> str:
-    """The tables of a run as markdown: per task, the summary over tasks, the study."""
-    lines = [f"{title}Pool: {result['pool_size']} examples, {len(result['families'])} target "
-             f"tasks. Precision (P) at k = 5% of the pool and at k = the family's size; random "
-             f"is the mean over {len(RANDOM_SEEDS)} seeds.", ""]
-    selectors = list(result["summary"])
-    lines += ["| selector | mean P@5% | worst P@5% | mean P@|family| | worst P@|family| |",
-              "|---|---|---|---|---|"]
-    for name in selectors:
-        m = result["summary"][name]
-        lines.append(f"| {name} | {m['mean P@5%']:.3f} | {m['worst P@5%']:.3f} | "
-                     f"{m['mean P@|family|']:.3f} | {m['worst P@|family|']:.3f} |")
-    tasks = list(result["families"])
-    lines += ["", "Per task, P@5% / P@|family|:", "",
-              "| selector | " + " | ".join(f"{t} ({result['families'][t]['family_size']})" for t in tasks) + " |",
-              "|---|" + "---|" * len(tasks)]
-    for name in selectors:
-        cells = [f"{result['families'][t]['selectors'][name]['P@5%']:.3f} / "
-                 f"{result['families'][t]['selectors'][name]['P@|family|']:.3f}" for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if "study" in result:
-        lines += ["", "Study (each row a SelectionConfig; mean and worst over the tasks):", "",
-                  "| group | setting | mean P@5% | worst P@5% | mean P@|family| | worst P@|family| |",
-                  "|---|---|---|---|---|---|"]
-        for r in result["study"]:
-            lines.append(f"| {r['group']} | {r['setting']} | {r['mean P@5%']:.3f} | "
-                         f"{r['worst P@5%']:.3f} | {r['mean P@|family|']:.3f} | "
-                         f"{r['worst P@|family|']:.3f} |")
-    if "checks" in result:
-        lines += _checks_markdown(result["checks"])
-    if downstream:
-        size = sorted(set(downstream["train_size"].values()))
-        lines += ["", f"Downstream: LoRA fine-tune on each selection ({'/'.join(map(str, size))} "
-                  f"examples, same seed and budget), held-out loss on {downstream['heldout_size']} "
-                  f"new '{downstream['family']}' examples:", "",
-                  "| trained on | held-out loss | share of the family in the training set |",
-                  "|---|---|---|"]
-        for name, loss in downstream["losses"].items():
-            share = downstream["family_share_of_training_set"].get(name)
-            lines.append(f"| {name} | {loss:.4f} | {'-' if share is None else f'{share:.2f}'} |")
-    return "\n".join(lines) + "\n"
-
-
-def _checks_markdown(checks: dict) -> list[str]:
-    lines = ["", "Pre-tokenized LLaMA-Factory rows (labels on the answer and the template's "
-             "end-of-turn tokens; scope all: the labels dropped, as DataFlex's `scope: all`) "
-             "against the same pool as chat records, mean / worst P@|family|:", "",
-             "| method, scope | chat records | LLaMA-Factory rows |", "|---|---|---|"]
-    for name, r in checks["pre-tokenized rows"].items():
-        cells = [f"{r[k]['mean P@|family|']:.3f} / {r[k]['worst P@|family|']:.3f}"
-                 for k in ("chat records", "LLaMA-Factory rows")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "The coreset a multi-task run writes (5%, tasks combined by `combine`): the worst "
-              "family's records against its fair share k / tasks, the file's precision, and the "
-              "records of each family:", "",
-              "| method | combine | worst share of fair | precision | records per family |",
-              "|---|---|---|---|---|"]
-    for name, modes in checks["coreset"].items():
-        for how, r in modes.items():
-            counts = ", ".join(f"{f} {n}" for f, n in r["counts"].items())
-            lines.append(f"| {name} | {how} | {r['worst share of fair']:.2f} | "
-                         f"{r['precision']:.3f} | {counts} |")
-    return lines
-
-
-def write_plot(result: dict, path: str) -> None:
-    matplotlib = require("matplotlib", "plot", "quality.png")
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(result["families"])
-    selectors = list(result["summary"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4.5))
-    width = 0.8 / len(selectors)
-    for s_i, sel in enumerate(selectors):
-        vals = [result["families"][t]["selectors"][sel]["P@|family|"] for t in tasks]
-        ax.bar([i + s_i * width for i in range(len(tasks))], vals, width, label=sel)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20, ha="right")
-    ax.set(ylabel="precision at k = |family|", title="selection precision per target family",
-           ylim=(0, 1.05))
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def save_result(result: dict, out_dir: str, downstream: dict | None = None, *,
-                warmed: dict | None = None) -> None:
-    from trim_fast.run.files import atomic_open
-    from trim_fast.run.outputs import write_json
-
-    os.makedirs(out_dir, exist_ok=True)
-    write_json(dict(result, downstream=downstream, warmed=warmed),
-               os.path.join(out_dir, "quality.json"))
-    text = format_markdown(result, downstream, title="**Without warmup.** ")
-    if warmed is not None:
-        text += "\n" + format_markdown(warmed, title="**After the LoRA warmup (SPEC 5).** ")
-    with atomic_open(os.path.join(out_dir, "quality.md")) as f:
-        f.write(text)
-    write_plot(result, os.path.join(out_dir, "quality.png"))
 
 
 def heldout_loss(model, tokenizer, examples: Sequence[Example], *, max_length: int = 2048,
@@ -470,11 +361,11 @@ def run_downstream(model_name, tokenizer, pool: Sequence[Example], selections: d
 
     cfg = WarmupConfig(fraction=1.0, seed=seed, **(warmup_overrides or {}))
     dtype = parse_dtype(cfg.dtype, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    losses = {"base model": heldout_loss(load_causal_lm(model_name, dtype=dtype), tokenizer, heldout)}
+    losses = {"base_model": heldout_loss(load_causal_lm(model_name, dtype=dtype), tokenizer, heldout)}
     for name, sel in selections.items():
         model = load_causal_lm(model_name, dtype=dtype)
         run_warmup(model, [pool[i] for i in sel], tokenizer, cfg,
-                   os.path.join(out_dir, "downstream", name.replace(" ", "_")))
+                   os.path.join(out_dir, "downstream", name))
         losses[name] = heldout_loss(model, tokenizer, heldout)
         logger.info("downstream %s: held-out loss %.4f", name, losses[name])
     share = {name: sum(1 for i in sel if pool[i].meta.get("family") == family) / max(1, len(sel))

@@ -137,10 +137,13 @@ class BatchScorer:
                 for t in self.tables]
 
 
-def score_chunk(loop: ForwardLoop, chunk: TokenChunk, scorer: BatchScorer) -> dict[str, torch.Tensor]:
+def score_chunk(loop: ForwardLoop, chunk: TokenChunk, scorer: BatchScorer, *,
+                bar: Progress | None = None) -> dict[str, torch.Tensor]:
     """Per-task scores of one chunk (``[T, n]`` each) and its per-example token counts, its
-    batches forwarded by ``loop`` (the levers and the hidden layer are the loop's)."""
+    batches forwarded by ``loop`` (the levers and the hidden layer are the loop's). ``bar``
+    moves by each batch's tokens as it is scored (a chunk holds thousands of records)."""
     n, t = len(chunk), len(scorer.tasks)
+    lengths = chunk.lengths()
     out = {k: torch.full((t, n), float("nan")) for k in SCORE_FIELDS}
     out.update({k: torch.zeros((t, n), dtype=torch.int64) for k in COUNT_FIELDS})
     for hb in loop.hidden_batches(chunk):
@@ -150,8 +153,9 @@ def score_chunk(loop: ForwardLoop, chunk: TokenChunk, scorer: BatchScorer) -> di
                 out[k][t_i, index] = getattr(pooled, k).float().cpu()
             for k in COUNT_FIELDS:
                 out[k][t_i, index] = getattr(pooled, k).to(torch.int64).cpu()
-    lengths = torch.tensor(chunk.lengths(), dtype=torch.int64)
-    out["n_tokens"] = lengths
+        if bar is not None:
+            bar.update(sum(lengths[i] for i in hb.index))
+    out["n_tokens"] = torch.tensor(lengths, dtype=torch.int64)
     out["n_counted"] = torch.bincount(chunk.example_of_token()[chunk.counted], minlength=n)
     out["truncated"] = chunk.truncated.clone()
     return out
@@ -228,7 +232,7 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
             shard = workdir.load(workdir.score_path(c), header) if workdir else None
             if shard is None:
                 t0 = time.perf_counter()
-                shard = score_chunk(loop, chunk, scorer)
+                shard = score_chunk(loop, chunk, scorer, bar=bar)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds += time.perf_counter() - t0
@@ -237,8 +241,8 @@ def score_pool(model, tokenizer, records: Iterable, banks: dict, cfg: SelectionC
                     workdir.save(workdir.score_path(c), shard, header)
             else:
                 reused += 1
+                bar.update(int(chunk.ids.numel()))
             shards[c] = shard
-            bar.update(int(chunk.ids.numel()))
     gathered = ctx.gather_to_main((shards, tokens, seconds, reused))
     result = None
     if ctx.is_main:
