@@ -235,8 +235,8 @@ def test_error_hierarchy_through_the_library():
         open_records([{"text": "a"}], format="nope")
     with pytest.raises(trim_fast.ModelError):
         trim_fast.load_model("./no/such/model")
-    sel = object.__new__(trim_fast.Selector)
-    sel.config = trim_fast.SelectionConfig()
+    sel = object.__new__(trim_fast.Selector)  # no model needed to refuse an empty bank set
+    sel.config, sel.tokenizer = trim_fast.SelectionConfig(), None
     with pytest.raises(trim_fast.BankMismatchError):
         sel.check_banks({})
     import ast
@@ -351,8 +351,8 @@ def test_nothing_selected_is_a_failed_run_with_its_table(tmp_path, capsys, tiny_
 def test_a_second_thread_on_one_selector_is_refused_clearly():
     import threading
 
-    sel = object.__new__(trim_fast.Selector)
-    sel.config = trim_fast.SelectionConfig()
+    sel = object.__new__(trim_fast.Selector)  # no model needed to refuse an empty bank set
+    sel.config, sel.tokenizer = trim_fast.SelectionConfig(), None
     entered, release = threading.Event(), threading.Event()
 
     def hold():
