@@ -189,7 +189,7 @@ def unit(x):
     return x / x.norm(dim=-1, keepdim=True)
 
 
-@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("faiss-cpu", marks=pytest.mark.faiss), "torch"])
 def test_exact_index_agrees_with_matmul(backend):
     g = torch.Generator().manual_seed(11)
     vectors = unit(torch.randn(300, 32, generator=g))
@@ -205,6 +205,7 @@ def test_exact_index_agrees_with_matmul(backend):
     torch.testing.assert_close(best.double(), want_best, rtol=0, atol=1e-5)
 
 
+@pytest.mark.faiss
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_index_finds_clustered_neighbours(kind):
     g = torch.Generator().manual_seed(12)

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from trim_fast.config import SelectionConfig
+from trim_fast.extras import require
 
 # torch and the pipeline load on use: the CLI builds this command's parser at every start
 
@@ -254,7 +255,7 @@ def summary(result: dict) -> str:
 
 def plot(result: dict, path: str) -> None:
     """Bars of tokens/s per path (matplotlib, imported here only)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "trim-fast bench's plot (or pass --no-plot)")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -285,6 +285,11 @@ def setup_logging(quiet: int, verbose: int) -> None:
     logger.setLevel(level)
 
 
+# Commands that run on torch alone (a GPU image has no bm25s); bench's plot needs matplotlib
+# only when it is drawn.
+LEAN_COMMANDS = ("bench",)
+
+
 def main(argv=None) -> int:
     """Exit status 0; 2 with one line on stderr for a :class:`~trim_fast.errors.TrimError` (a
     mistake in the inputs) or an ``OSError`` (disk full, permissions: the message names the
@@ -292,7 +297,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet, args.verbose)
     try:
-        require_extra("cli", "the trim-fast command")
+        if args.command not in LEAN_COMMANDS:
+            require_extra("cli", "the trim-fast command")
         return COMMANDS[args.command](_values(args))
     except KeyboardInterrupt:
         print(f"trim-fast {args.command}: interrupted", file=sys.stderr)
