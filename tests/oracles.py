@@ -8,10 +8,28 @@ from trim_fast.ops.token_match.naive import match_and_pool_reference
 from trim_fast.types import PooledScores
 
 
+def kernel_device(backend: str) -> torch.device:
+    """Where a backend's kernel runs in the tests: Triton on CUDA where there is one (the CPU
+    interpreter else), everything else on the CPU."""
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
 def fast_match(hidden, ids, counted, bank, *, index_backend="auto", **kw) -> PooledScores:
-    """``match_and_pool`` against a :class:`FingerprintBank`, as the scoring engine calls it."""
+    """``match_and_pool`` against a :class:`FingerprintBank`, as the scoring engine calls it; CPU
+    inputs of the Triton backend run on CUDA where there is one, results back on the CPU."""
+    dev = kernel_device(kw.get("backend", "auto"))
+    if hidden.device.type != "cpu" or dev.type == "cpu":
+        dev = hidden.device
+    moved = dev != hidden.device
+    if moved:
+        hidden, ids, counted = hidden.to(dev), ids.to(dev), counted.to(dev)
+        if kw.get("idf") is not None:
+            kw["idf"] = kw["idf"].to(dev)
     t = bank.tables(hidden.device, index_backend=index_backend)
-    return match_and_pool(hidden, ids, counted, t.vectors, t.row_table, nearest=t.nearest, **kw)
+    got = match_and_pool(hidden, ids, counted, t.vectors, t.row_table, nearest=t.nearest, **kw)
+    if moved:
+        got = PooledScores(*(getattr(got, f).cpu() for f in PooledScores.__dataclass_fields__))
+    return got
 
 
 def naive_match(hidden, ids, counted, bank, *, idf=None, fallback="nearest", fallback_penalty=0.9,

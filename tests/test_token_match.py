@@ -6,7 +6,7 @@ import torch
 
 from trim_fast import reference
 from trim_fast._ext import HAS_C
-from oracles import fast_match, naive_match
+from oracles import fast_match, kernel_device, naive_match
 from trim_fast.bank import FingerprintBank
 from trim_fast.batching import TokenChunk
 from trim_fast.ops.token_match import PooledScores, match_and_pool, token_scores
@@ -150,10 +150,12 @@ def test_kernel_contract_against_naive_twin(backend):
     w = torch.rand(b, n, generator=g) + 1
     hidden[1, 2] = 0
     rows[1, 2] = 0
-    name = resolve_backend(backend, hidden.device)
+    name = resolve_backend(backend, kernel_device(backend))
     mod = importlib.import_module(f"trim_fast.ops.token_match.{ {'torch': 'blockwise'}.get(name, name) }")
     pool = getattr(mod, {"torch": "pool_blockwise", "cpu": "pool_cpu", "triton": "pool_triton"}[name])
-    got = pool(hidden, rows, fb, w, vectors)
+    dev = kernel_device(name)
+    got = [x.cpu() if torch.is_tensor(x) else x
+           for x in pool(*(t.to(dev) for t in (hidden, rows, fb, w, vectors)))]
     want = pool_naive(hidden, rows, fb, w, vectors)
     assert got[5] == want[5] == 1
     for x, y in zip(got[:5], want[:5]):
@@ -286,7 +288,9 @@ def test_triton_token_splits_match_naive(num_splits):
     rows[2, 20:] = -2  # a split with nothing scored
     fb = torch.rand(b, n, generator=g) * 0.1
     w = torch.rand(b, n, generator=g) + 1
-    got = pool_triton(hidden, rows, fb, w, vectors, num_splits=num_splits)
+    dev = kernel_device("triton")
+    got = [x.cpu() if torch.is_tensor(x) else x for x in
+           pool_triton(*(t.to(dev) for t in (hidden, rows, fb, w, vectors)), num_splits=num_splits)]
     want = pool_naive(hidden, rows, fb, w, vectors)
     assert got[5] == want[5] == 0
     for x, y in zip(got[:5], want[:5]):

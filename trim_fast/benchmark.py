@@ -23,6 +23,7 @@ import os
 import resource
 import tempfile
 import time
+from types import SimpleNamespace
 
 from trim_fast.config import SelectionConfig
 from trim_fast.extras import require
@@ -144,17 +145,17 @@ def saliency_vs_sdpa(device, dtype, ns=SALIENCY_NS, heads: int = 9, dim: int = 6
     return rows
 
 
-def run_bench(*, model: str | None = None, pool=None, pool_size: int = 256,
-              device: str | None = None, dtype: str = "auto", max_tokens: int = 8192,
-              repeats: int = 3, naive_batch: int = 8, saliency_ns=SALIENCY_NS,
-              seed: int = 0) -> dict:
-    """Every path on one pool, interleaved; the result as a JSON-able dict."""
+def bench_paths(*, model: str | None = None, pool=None, pool_size: int = 256,
+                device: str | None = None, dtype: str = "auto", max_tokens: int = 8192,
+                naive_batch: int = 8, seed: int = 0) -> SimpleNamespace:
+    """The benchmark's paths (name -> no-argument callable) on one pool, with what they share
+    (model, chunk, loops), for :func:`run_bench` and for profilers."""
     import torch
 
     from trim_fast.bank.build import fingerprint_tokens, mean_state
     from trim_fast.batching import pad_batch, token_budget_batches
     from trim_fast.capture import encode_last_hidden
-    from trim_fast.capture.forward import ForwardLoop, shared_prefix_length
+    from trim_fast.capture.forward import ForwardLoop
     from trim_fast.scoring.engine import BatchScorer, score_chunk
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,7 +172,6 @@ def run_bench(*, model: str | None = None, pool=None, pool_size: int = 256,
     bank = fingerprint_tokens(base, targets, cfg, pad_id=pad_id, meta={}, center=center)
     scorer = BatchScorer({"targets": bank}, cfg, None, dev)
     lengths = chunk.lengths()
-    n_tokens = sum(lengths)
     today = token_budget_batches(lengths, max_tokens)
     fast_loop = ForwardLoop(base, pad_id=pad_id, max_tokens=max_tokens)
     plain_loop = ForwardLoop(base, pad_id=pad_id, max_tokens=max_tokens, shared_prefix=False,
@@ -191,6 +191,25 @@ def run_bench(*, model: str | None = None, pool=None, pool_size: int = 256,
     paths = {"trim_scoring": lambda: score_chunk(fast_loop, chunk, scorer),
              "trim_scoring_plain": lambda: score_chunk(plain_loop, chunk, scorer),
              "bare_forward": bare_forward, "naive_frontend": naive_frontend}
+    return SimpleNamespace(paths=paths, base=base, dev=dev, chunk=chunk, cfg=cfg,
+                           model_desc=model_desc, pool_desc=pool_desc, fast_loop=fast_loop)
+
+
+def run_bench(*, model: str | None = None, pool=None, pool_size: int = 256,
+              device: str | None = None, dtype: str = "auto", max_tokens: int = 8192,
+              repeats: int = 3, naive_batch: int = 8, saliency_ns=SALIENCY_NS,
+              seed: int = 0) -> dict:
+    """Every path on one pool, interleaved; the result as a JSON-able dict."""
+    import torch
+
+    from trim_fast.capture.forward import shared_prefix_length
+
+    b = bench_paths(model=model, pool=pool, pool_size=pool_size, device=device, dtype=dtype,
+                    max_tokens=max_tokens, naive_batch=naive_batch, seed=seed)
+    paths, base, dev, chunk, cfg, fast_loop = b.paths, b.base, b.dev, b.chunk, b.cfg, b.fast_loop
+    model_desc, pool_desc = b.model_desc, b.pool_desc
+    lengths = chunk.lengths()
+    n_tokens = sum(lengths)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = {k: [] for k in paths}
