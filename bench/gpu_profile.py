@@ -29,15 +29,15 @@ def main() -> None:
     with torch.inference_mode():
         for name in args.paths:
             fn = b.paths[name]
-            fn(), fn()
+            fn(b.chunk), fn(b.chunk)
             sync()
             t0 = time.perf_counter()
-            fn()
+            fn(b.chunk)
             sync()
             wall = time.perf_counter() - t0
             prof = cProfile.Profile()
             prof.enable()
-            fn()
+            fn(b.chunk)
             sync()
             prof.disable()
             out = io.StringIO()
@@ -46,7 +46,7 @@ def main() -> None:
             print(f"===== {name}: {wall:.4f} s wall; cProfile by own time")
             print(body[body.find("   ncalls"):])
             with torch.profiler.profile(activities=acts) as tp:
-                fn()
+                fn(b.chunk)
                 sync()
             key = "self_cuda_time_total" if b.dev.type == "cuda" else "self_cpu_time_total"
             print(tp.key_averages().table(sort_by=key, row_limit=args.top, max_name_column_width=48))

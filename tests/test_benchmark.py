@@ -21,3 +21,15 @@ def test_bench_cli_writes_json_and_plot(tmp_path, tiny_model_dir, demo_data, cap
     assert result["levers"]["forwarded"] < result["pool_tokens"]
     assert [r["N"] for r in result["saliency_vs_sdpa"]] == [64]
     assert "trim / bare full forward" in capsys.readouterr().out
+
+
+def test_bench_times_only_the_paths_asked_for(tmp_path, tiny_model_dir, demo_data, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", tiny_model_dir, "--pool", *demo_data["pool"],
+                 "--pool-size", "6", "--repeats", "1", "--saliency-n", "--no-plot",
+                 "--paths", "bare_forward", "trim_scoring", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["seconds"]) == ["trim_scoring", "bare_forward"]
+    assert result["trim_over_bare"] > 0 and result["trim_over_naive"] is None
+    assert "saliency_vs_sdpa" not in result and not os.path.exists(tmp_path / "bench.png")
+    assert "trim / naive frontend: -" in capsys.readouterr().out

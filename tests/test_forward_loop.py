@@ -61,6 +61,22 @@ def test_prefix_length_from_the_ids():
     assert shared_prefix_length(_chunk([(a, f), ([], [])])) == 0
 
 
+def test_padded_gather_equals_pad_batch_of_the_cut_rows():
+    from trim_fast.batching import pad_batch
+
+    chunk = _pool(3)
+    need = torch.tensor(needed_lengths(chunk))
+    for batch in ([6, 0, 3], [1], [5, 2, 4, 1]):
+        for lengths in (None, need):
+            rows = [(ids[:n], c[:n]) for ids, c, n in
+                    ((*chunk.example(i), len(chunk.example(i)[0]) if lengths is None
+                      else int(lengths[i])) for i in batch)]
+            want = pad_batch(rows, 9, "cpu")
+            got = chunk.padded(batch, 9, "cpu", lengths=lengths)
+            for g, w in zip(got, want):
+                assert g.dtype == w.dtype and torch.equal(g, w)
+
+
 def test_needed_lengths_stop_at_the_last_counted_token():
     rows = [([1, 2, 3, 4], [False, True, False, False]),  # tail of 2
             ([1, 2, 3], [False, False, False]),  # none counted: whole example

@@ -47,6 +47,22 @@ class TokenChunk:
                           torch.tensor(offsets, dtype=torch.int64),
                           torch.tensor(truncated, dtype=torch.int64))
 
+    def padded(self, indices: Sequence[int], pad_id: int, device, *,
+               lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """:func:`pad_batch` of the examples ``indices``, each cut to ``lengths[i]`` tokens when
+        given (``[n]``, the whole chunk's), gathered from the flat tensors in one step."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        starts = self.offsets[index]
+        lens = (self.offsets[index + 1] - starts) if lengths is None else lengths[index]
+        width = int(lens.max()) if index.numel() else 0
+        pos = torch.arange(width)
+        valid = pos[None] < lens[:, None]
+        flat = (starts[:, None] + pos[None]).clamp_max(max(0, self.ids.numel() - 1))
+        ids = torch.where(valid, self.ids[flat], pad_id) if self.ids.numel() else \
+            torch.full(valid.shape, pad_id, dtype=torch.long)
+        counted = valid & self.counted[flat] if self.ids.numel() else valid
+        return _to_device(ids, valid.long(), counted, device)
+
     def subset(self, indices: Sequence[int]) -> "TokenChunk":
         """The examples ``indices`` (in that order) as a chunk of their own."""
         rows = [self.example(i) for i in indices]
@@ -109,10 +125,17 @@ def pad_batch(rows: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int, de
         ids[b, : r_ids.numel()] = r_ids
         mask[b, : r_ids.numel()] = 1
         counted[b, : r_ids.numel()] = r_counted
+    return _to_device(ids, mask, counted, device)
+
+
+def _to_device(ids, mask, counted, device) -> tuple[torch.Tensor, ...]:
+    """On CUDA: one pinned, non-blocking copy of the three (pinning is per call, so one call;
+    a pageable copy would wait for the batch before it)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return tuple(t.pin_memory().to(device, non_blocking=True) for t in (ids, mask, counted))
-    return ids, mask, counted
+    if device.type != "cuda":
+        return ids, mask, counted
+    both = torch.stack([ids, mask, counted.long()]).pin_memory().to(device, non_blocking=True)
+    return both[0], both[1], both[2].bool()
 
 
 __all__ = ["TokenChunk", "token_budget_batches", "pad_batch"]

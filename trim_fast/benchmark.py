@@ -145,10 +145,17 @@ def saliency_vs_sdpa(device, dtype, ns=SALIENCY_NS, heads: int = 9, dim: int = 6
     return rows
 
 
+PATHS = ("trim_scoring", "trim_scoring_plain", "bare_forward", "naive_frontend")
+RATIOS = {"trim_over_bare": ("trim_scoring", "bare_forward"),
+          "plain_over_bare": ("trim_scoring_plain", "bare_forward"),
+          "trim_over_naive": ("trim_scoring", "naive_frontend")}
+WARMUP_EXAMPLES = 16
+
+
 def bench_paths(*, model: str | None = None, pool=None, pool_size: int = 256,
                 device: str | None = None, dtype: str = "auto", max_tokens: int = 8192,
                 naive_batch: int = 8, seed: int = 0) -> SimpleNamespace:
-    """The benchmark's paths (name -> no-argument callable) on one pool, with what they share
+    """The benchmark's paths (name -> callable of a chunk) for one pool, with what they share
     (model, chunk, loops), for :func:`run_bench` and for profilers."""
     import torch
 
@@ -171,25 +178,23 @@ def bench_paths(*, model: str | None = None, pool=None, pool_size: int = 256,
                         pad_id=pad_id) if cfg.center == "pool" else None
     bank = fingerprint_tokens(base, targets, cfg, pad_id=pad_id, meta={}, center=center)
     scorer = BatchScorer({"targets": bank}, cfg, None, dev)
-    lengths = chunk.lengths()
-    today = token_budget_batches(lengths, max_tokens)
     fast_loop = ForwardLoop(base, pad_id=pad_id, max_tokens=max_tokens)
     plain_loop = ForwardLoop(base, pad_id=pad_id, max_tokens=max_tokens, shared_prefix=False,
                              cut_tails=False)
 
-    def bare_forward():
-        for batch in today:
-            ids, mask, _ = pad_batch([chunk.example(i) for i in batch], pad_id, dev)
+    def bare_forward(c):  # today's length-sorted batches, whole examples
+        for batch in token_budget_batches(c.lengths(), max_tokens):
+            ids, mask, _ = pad_batch([c.example(i) for i in batch], pad_id, dev)
             encode_last_hidden(base, ids, mask)
 
-    def naive_frontend():
-        for s in range(0, len(chunk), naive_batch):
-            rows = [chunk.example(i) for i in range(s, min(len(chunk), s + naive_batch))]
+    def naive_frontend(c):
+        for s in range(0, len(c), naive_batch):
+            rows = [c.example(i) for i in range(s, min(len(c), s + naive_batch))]
             ids, mask, _ = pad_batch(rows, pad_id, dev)
             naive(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
 
-    paths = {"trim_scoring": lambda: score_chunk(fast_loop, chunk, scorer),
-             "trim_scoring_plain": lambda: score_chunk(plain_loop, chunk, scorer),
+    paths = {"trim_scoring": lambda c: score_chunk(fast_loop, c, scorer),
+             "trim_scoring_plain": lambda c: score_chunk(plain_loop, c, scorer),
              "bare_forward": bare_forward, "naive_frontend": naive_frontend}
     return SimpleNamespace(paths=paths, base=base, dev=dev, chunk=chunk, cfg=cfg,
                            model_desc=model_desc, pool_desc=pool_desc, fast_loop=fast_loop)
@@ -198,15 +203,21 @@ def bench_paths(*, model: str | None = None, pool=None, pool_size: int = 256,
 def run_bench(*, model: str | None = None, pool=None, pool_size: int = 256,
               device: str | None = None, dtype: str = "auto", max_tokens: int = 8192,
               repeats: int = 3, naive_batch: int = 8, saliency_ns=SALIENCY_NS,
-              seed: int = 0) -> dict:
-    """Every path on one pool, interleaved; the result as a JSON-able dict."""
+              seed: int = 0, paths=PATHS) -> dict:
+    """The ``paths`` (default: all of :data:`PATHS`) on one pool, interleaved; the result as a
+    JSON-able dict. Warm-up on the pool's first examples only (kernels, caches, the shared
+    prefix's forward, done once per run); a large pool is not run twice."""
     import torch
 
     from trim_fast.capture.forward import shared_prefix_length
 
     b = bench_paths(model=model, pool=pool, pool_size=pool_size, device=device, dtype=dtype,
                     max_tokens=max_tokens, naive_batch=naive_batch, seed=seed)
-    paths, base, dev, chunk, cfg, fast_loop = b.paths, b.base, b.dev, b.chunk, b.cfg, b.fast_loop
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        raise ValueError(f"unknown benchmark paths {sorted(unknown)}; choose from {PATHS}")
+    base, dev, chunk, cfg, fast_loop = b.base, b.dev, b.chunk, b.cfg, b.fast_loop
+    paths = {k: b.paths[k] for k in PATHS if k in paths}
     model_desc, pool_desc = b.model_desc, b.pool_desc
     lengths = chunk.lengths()
     n_tokens = sum(lengths)
@@ -215,23 +226,24 @@ def run_bench(*, model: str | None = None, pool=None, pool_size: int = 256,
     times = {k: [] for k in paths}
     peak = {}
     with torch.inference_mode():
-        for name, fn in paths.items():  # warm-up (and the prefix, computed once per loop)
-            fn()
+        warm = chunk.subset(range(min(WARMUP_EXAMPLES, len(chunk))))
+        for name, fn in paths.items():
+            fn(warm)
         for _ in range(repeats):  # interleaved rounds: a busy machine slows every path alike
             for name, fn in paths.items():
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 _sync(dev)
+                if name == "trim_scoring":  # the report's lever counts: the last timed run's
+                    fast_loop.stats = type(fast_loop.stats)(prefix_fallback=fast_loop.prefix_fallback)
                 t0 = time.perf_counter()
-                fn()
+                fn(chunk)
                 _sync(dev)
                 times[name].append(time.perf_counter() - t0)
                 if dev.type == "cuda":
                     peak[name] = torch.cuda.max_memory_allocated(dev)
     best = {k: min(v) for k, v in times.items()}
     tps = {k: n_tokens / v for k, v in best.items()}
-    fast_loop.stats = type(fast_loop.stats)(prefix_fallback=fast_loop.prefix_fallback)
-    list(fast_loop.hidden_batches(chunk))  # the levered batches' own counts, for the report
     p = shared_prefix_length(chunk)
     result = {
         "model": model_desc, "pool": pool_desc, "device": str(dev),
@@ -241,11 +253,9 @@ def run_bench(*, model: str | None = None, pool=None, pool_size: int = 256,
         "mean_tokens": round(n_tokens / max(1, len(chunk)), 1),
         "shared_prefix_tokens": p, "prefix_share": round(p * len(chunk) / max(1, n_tokens), 4),
         "padding_waste_today": _padding_waste(lengths, max_tokens),
-        "levers": fast_loop.stats.as_dict(),
+        "levers": fast_loop.stats.as_dict() if "trim_scoring" in paths else None,
         "seconds": best, "seconds_all": times, "tokens_per_s": tps,
-        "trim_over_bare": tps["trim_scoring"] / tps["bare_forward"],
-        "plain_over_bare": tps["trim_scoring_plain"] / tps["bare_forward"],
-        "trim_over_naive": tps["trim_scoring"] / tps["naive_frontend"],
+        **{key: tps[a] / tps[b] if a in tps and b in tps else None for key, (a, b) in RATIOS.items()},
         "peak_memory_bytes": peak if peak else
         {"process_max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
     }
@@ -262,10 +272,11 @@ def summary(result: dict) -> str:
              "| path | seconds | tokens/s |", "|---|---|---|"]
     for k, s in result["seconds"].items():
         lines.append(f"| {k} | {s:.3f} | {result['tokens_per_s'][k]:.0f} |")
-    lines.append(f"trim / bare full forward: {result['trim_over_bare']:.2f}x (levers off: "
-                 f"{result['plain_over_bare']:.2f}x); trim / naive frontend: "
-                 f"{result['trim_over_naive']:.2f}x; padding waste today "
-                 f"{result['padding_waste_today']:.1%}, levered {result['levers']['padding_waste']:.1%}")
+    ratio = {k: "-" if result.get(k) is None else f"{result[k]:.2f}x" for k in RATIOS}
+    lines.append(f"trim / bare full forward: {ratio['trim_over_bare']} (levers off: "
+                 f"{ratio['plain_over_bare']}); trim / naive frontend: {ratio['trim_over_naive']}; "
+                 f"padding waste today {result['padding_waste_today']:.1%}"
+                 + (f", levered {result['levers']['padding_waste']:.1%}" if result["levers"] else ""))
     for row in result.get("saliency_vs_sdpa", []):
         lines.append(f"saliency kernel N={row['N']}: {row['saliency_s'] * 1e3:.2f} ms vs SDPA "
                      f"{row['sdpa_s'] * 1e3:.2f} ms ({row['saliency_over_sdpa']:.2f}x)")
@@ -297,6 +308,7 @@ def cmd_bench(values: dict) -> int:
                        dtype=values.get("dtype", "auto"),
                        max_tokens=values.get("max_tokens", SelectionConfig().max_tokens),
                        repeats=values.get("repeats", 3), naive_batch=values.get("naive_batch", 8),
+                       paths=tuple(values.get("paths") or PATHS),
                        saliency_ns=SALIENCY_NS if values.get("saliency_n") is None
                        else tuple(values["saliency_n"]))
     print(summary(result))
@@ -322,11 +334,14 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=SelectionConfig().max_tokens)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; best of each path")
     p.add_argument("--naive-batch", type=int, default=8)
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=None,
+                   help="the paths timed (default: all); e.g. trim_scoring bare_forward on a "
+                   "large pool on a CPU")
     p.add_argument("--saliency-n", type=int, nargs="*", default=None,
                    help=f"sequence lengths of the saliency-vs-SDPA timing (default: {SALIENCY_NS})")
     p.add_argument("--out", default=None, help="JSON file (a .png plot beside it)")
     p.add_argument("--no-plot", dest="plot", action="store_false")
 
 
-__all__ = ["run_bench", "summary", "plot", "cmd_bench", "add_bench_parser", "synthetic_pool",
+__all__ = ["PATHS", "bench_paths", "run_bench", "summary", "plot", "cmd_bench", "add_bench_parser", "synthetic_pool",
            "saliency_vs_sdpa"]

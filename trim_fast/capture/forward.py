@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from trim_fast.batching import TokenChunk, pad_batch, token_budget_batches
+from trim_fast.batching import TokenChunk, token_budget_batches
 from trim_fast.capture import capture_eager, capture_saliency
 from trim_fast.capture.attention import base_model_of, is_causal_model
 from trim_fast.digests import batch_key
@@ -116,32 +116,25 @@ class LoopStats:
 def shared_prefix_length(chunk: TokenChunk) -> int:
     """The length of the longest prefix of token ids every example of ``chunk`` starts with
     (the whole example for a chunk of one; 0 for an empty chunk)."""
-    n = len(chunk)
-    if n == 0:
+    if len(chunk) == 0:
         return 0
-    lengths = chunk.lengths()
-    limit = min(lengths)
-    first = chunk.example(0)[0]
-    p = limit
-    for i in range(1, n):
-        row = chunk.example(i)[0][:p]
-        differ = (row != first[:p]).nonzero()
-        if differ.numel():
-            p = int(differ[0])
-        if p == 0:
-            break
-    return p
+    limit = int((chunk.offsets[1:] - chunk.offsets[:-1]).min())
+    if limit == 0:
+        return 0
+    heads = chunk.ids[chunk.offsets[:-1, None] + torch.arange(limit)]  # [n, limit]
+    differ = (~(heads == heads[0]).all(dim=0)).nonzero()
+    return int(differ[0]) if differ.numel() else limit
 
 
 def needed_lengths(chunk: TokenChunk) -> list[int]:
     """Per example, the tokens a hidden-states forward needs: up to its last counted token, or
     the whole example when none of its tokens counts (embeddings then average all of them)."""
-    out = []
-    for i in range(len(chunk)):
-        _, counted = chunk.example(i)
-        hits = counted.nonzero()
-        out.append(int(hits[-1]) + 1 if hits.numel() else counted.numel())
-    return out
+    lengths = chunk.offsets[1:] - chunk.offsets[:-1]
+    example = chunk.example_of_token()
+    position = torch.arange(chunk.ids.numel()) - chunk.offsets[:-1][example]
+    last = torch.full((len(chunk),), -1, dtype=torch.long).scatter_reduce(
+        0, example[chunk.counted], position[chunk.counted], "amax")
+    return torch.where(last >= 0, last + 1, lengths).tolist()
 
 
 def decoder_layers(base) -> torch.nn.ModuleList:
@@ -274,10 +267,10 @@ class ForwardLoop:
         st.prefix_tokens += p * n
         prefix = self._prefix(chunk.example(0)[0][:p]) if p else None
         tight = self.tight_from if (self.cut_tails or p) else None  # levers off: today's batches
+        need_t = torch.tensor(need, dtype=torch.long)
         for batch in token_budget_batches([max(0, k - p) for k in need], self.max_tokens,
                                           tight_from=tight):
-            rows = [(chunk.example(i)[0][:need[i]], chunk.example(i)[1][:need[i]]) for i in batch]
-            ids, mask, counted = pad_batch(rows, self.pad_id, self.device)
+            ids, mask, counted = chunk.padded(batch, self.pad_id, self.device, lengths=need_t)
             mask = mask.bool()
             st.batches += 1
             if prefix is None:
@@ -289,11 +282,12 @@ class ForwardLoop:
                 states = compute()
             else:
                 states = self.forward_cache.hidden(ids, compute, self._tag)
+            # counted from the host-side lengths: no device sync between batches
             if prefix is None:
-                st.forwarded += int(mask.sum())
+                st.forwarded += sum(need[i] for i in batch)
                 st.padded += mask.numel()
             elif suffix:
-                st.forwarded += int(mask[:, p:].sum())
+                st.forwarded += sum(max(0, need[i] - p) for i in batch)
                 st.padded += len(batch) * suffix
             yield HiddenBatch(batch, ids, mask, counted, states)
 
@@ -362,8 +356,7 @@ class ForwardLoop:
         kw = dict(layers=layers, w_row=w_row, w_col=w_col,
                   hidden_layer=check_hidden_layer(self.base, hidden_layer))
         for batch in chunk.batches(self.max_tokens):
-            ids, mask, counted = pad_batch([chunk.example(i) for i in batch], self.pad_id,
-                                           self.device)
+            ids, mask, counted = chunk.padded(batch, self.pad_id, self.device)
             if saliency == "eager":
                 cap = capture_eager(self.base, ids, mask, **kw)
             else:
