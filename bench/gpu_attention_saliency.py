@@ -124,7 +124,7 @@ def correctness_spot_check(tb, ref):
 
 def sweep(tb, q, k, scale, lse, warmup, reps):
     """Time a few tile configs: column pass alone (lse given), then row pass + best column pass."""
-    base = tb.block_config(q.shape[-1], q.dtype, q.shape[2])
+    base = tb.block_config(q.shape[-1], q.dtype, q.shape[2], torch.cuda.get_device_capability())
     col_options = [(64, 128, 8, 3), (64, 64, 4, 3), (32, 128, 4, 3), (128, 64, 8, 3), (64, 128, 4, 4)]
     row_options = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)]
     rows = []
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": __import__("triton").__version__, "python": platform.python_version(),
               "shape": {"B": b, "H": h, "H_kv": h_kv, "D": d, "N": n, "dtype": args.dtype, "causal": True},
-              "warmup": args.warmup, "reps": args.reps, "block_config": tb.block_config(d, dtype, n).__dict__}
+              "warmup": args.warmup, "reps": args.reps, "block_config": tb.block_config(d, dtype, n, torch.cuda.get_device_capability()).__dict__}
     table = []
 
     if not args.skip_check:

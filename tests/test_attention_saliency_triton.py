@@ -277,3 +277,15 @@ def test_tile_boundaries(causal):
         for lse in (None, ref64[3].to(DEVICE)) if window in (None, 15) else (None,):
             fast = tb.saliency_padded(q, k, lse=lse, config=tiles, **kw)
             _assert_flash_rule(fast, ref64, ref32, f"window={window} lse={'given' if lse is not None else 'no'}")
+
+
+def test_hopper_tiles_only_for_the_measured_shape(monkeypatch):
+    """The H200 sweep's tiles apply on compute capability 9.x at 16-bit D=128 only."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    tb = _backend()
+    cfg, swept = tb.block_config, tb.BlockConfig(128, 64, 32, 128, 4, 3)
+    assert cfg(128, torch.bfloat16, 4096, (9, 0)) == cfg(128, torch.float16, 64, (9, 0)) == swept
+    assert cfg(128, torch.bfloat16, 4096, (8, 0)) != swept
+    assert cfg(128, torch.bfloat16, 4096, None) == cfg(128, torch.bfloat16, 4096, (8, 0))
+    assert cfg(64, torch.bfloat16, 4096, (9, 0)) == cfg(64, torch.bfloat16, 4096, (8, 0))
+    assert cfg(128, torch.float32, 4096, (9, 0)) == cfg(128, torch.float32, 4096, (8, 0))

@@ -59,19 +59,27 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def block_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 0) -> BlockConfig:
+def block_config(head_dim: int, dtype: torch.dtype, max_seqlen: int = 0,
+                 capability: tuple[int, int] | None = None) -> BlockConfig:
     """Tile sizes: small under the (slow, numpy) interpreter, where per-op overhead dominates
     (16 for short sequences so several tiles and both the masked and unmasked paths run, else 32);
-    flash-attention-like on the GPU, smaller for fp32 and head dim 256 to fit shared memory and
-    registers (sm_90 registers/spills: bench/triton_sm90_compile_check.py). Not yet tuned on a
-    GPU: bench/gpu_attention_saliency.py --sweep times alternatives."""
+    on the GPU, flash-attention-like, smaller for fp32 and head dim 256 to fit shared memory and
+    registers (sm_90 registers/spills: bench/triton_sm90_compile_check.py). ``capability``: the
+    device's; on Hopper (9.x) at 16-bit head dim 128, the one shape measured, the tiles the H200
+    sweep picked (bench/RESULTS.md: 0.877 ms against 1.185 ms at N=4096, H=32, bf16)."""
     if interpreted():
         size = 16 if max_seqlen <= 64 else 32
         return BlockConfig(size, size, size, size, 1, 1)
     block_d = max(16, triton.next_power_of_2(head_dim))
     if block_d >= 256 or dtype == torch.float32:
         return BlockConfig(64, 32, 32, 64, 4, 2)
+    if capability is not None and capability[0] == 9 and block_d == 128:
+        return BlockConfig(128, 64, 32, 128, 4, 3)
     return BlockConfig(128, 64, 64, 128, 8, 3)
+
+
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
@@ -96,7 +104,7 @@ def _launch(q, k, lens_or_cu, lse_in, outs, *, is_varlen, num_seqs, max_seqlen, 
     entropy, lse, col_mass, col_weighted, entropy_fixed = outs
     head_dim = q.shape[-1]
     block_d = max(16, triton.next_power_of_2(head_dim))
-    cfg = config or block_config(head_dim, q.dtype, max_seqlen)
+    cfg = config or block_config(head_dim, q.dtype, max_seqlen, _capability(q.device))
     window_arg = max_seqlen + 1 if window is None else min(int(window), max_seqlen + 1)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     common = dict(IS_VARLEN=is_varlen, CAUSAL=bool(causal), BLOCK_D=block_d,
