@@ -101,7 +101,7 @@ def main() -> int:
                  (torch.float32, 128, True, False), (torch.bfloat16, 80, False, True)]
     failures = 0
     for dtype, head_dim, causal, varlen in cases:
-        cfg = tb.block_config(head_dim, dtype, max_seqlen=4096)
+        cfg = tb.block_config(head_dim, dtype, max_seqlen=4096, capability=(9, 0))
         for kind, fuse in (("row", False), ("col", False), ("col", True)):
             label = (f"{kind}{'+fused-entropy' if fuse else ''} {str(dtype)[6:]} D={head_dim} "
                      f"{'causal' if causal else 'bidir'} {'varlen' if varlen else 'padded'}")

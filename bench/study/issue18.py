@@ -14,7 +14,6 @@ import statistics
 import tempfile
 import time
 
-import torch
 
 import trim_fast.data.render as render
 import trim_fast.scoring.engine as engine
@@ -24,7 +23,7 @@ from trim_fast.data import open_records
 from trim_fast.demo import generate as demo_pool
 from trim_fast.demo import hard as hard_pool
 from trim_fast.scoring.engine import ForwardCache
-from trim_fast.selection import choose, combine_tasks, select_top_k
+from trim_fast.selection import choose, select_top_k
 
 ASSISTANT_HEADER = None  # token ids of the template's assistant header, set in main
 
@@ -92,18 +91,24 @@ def main():
     ap.add_argument("--pool-size", type=int, default=1000)
     ap.add_argument("--leads", default="0,1,2,3")
     ap.add_argument("--methods", default="matched,paper")
+    ap.add_argument("--seeds", default="0", help="pool seeds (hard / firstword), e.g. 0,1,2")
+    ap.add_argument("--leads-only", action="store_true",
+                    help="only the lead-token variants (no assistant-first / LLaMA-Factory runs)")
     args = ap.parse_args()
     selector = Selector(None, config=SelectionConfig())
     tok = selector.tokenizer
     ASSISTANT_HEADER = tuple(tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
     orig_tokenize = engine.tokenize_example
     results = {}
-    for kind in args.kinds.split(","):
+    runs = [(kind, seed) for kind in args.kinds.split(",")
+            for seed in (map(int, args.seeds.split(",")) if kind != "demo" else (0,))]
+    for kind_name, seed in runs:
+        kind = kind_name
         d = tempfile.mkdtemp()
         if kind == "demo":
             man = demo_pool.generate(d, pool_size=args.pool_size, targets_per_family=8, seed=0)
         else:
-            man = hard_pool.generate(d, per_family=args.per_family, targets_per_family=8, seed=0,
+            man = hard_pool.generate(d, per_family=args.per_family, targets_per_family=8, seed=seed,
                                      first_words=(kind == "firstword"))
         pool = list(open_records(man["pool"]))
         targets = {os.path.basename(p).split(".")[0]: list(open_records(p))
@@ -111,7 +116,7 @@ def main():
         families = [e.meta.get("family") for e in pool]
         fams = [targets[t][0].meta["family"] for t in targets]
         cache = ForwardCache()
-        res = results[kind] = {}
+        res = results[kind if seed == 0 else f"{kind} seed={seed}"] = {}
         t0 = time.perf_counter()
         for method in args.methods.split(","):
             for lead in map(int, args.leads.split(",")):
@@ -122,10 +127,10 @@ def main():
                     row["combine"] = {how: coverage(ts, families, fams, how)
                                       for how in ("max", "mean", "quantile")}
                 res[f"{method} lead={lead}"] = row
-                print(kind, method, lead, round(row["mean"], 3), round(row["worst"], 3),
+                print(kind, seed, method, lead, round(row["mean"], 3), round(row["worst"], 3),
                       round(time.perf_counter() - t0), flush=True)
-            if kind != "demo":
-                render.LEAD_TOKENS = 1
+            render.LEAD_TOKENS = 1
+            if kind != "demo" and not args.leads_only:
                 engine.tokenize_example = lambda *a, **k: drop_assistant_first(orig_tokenize(*a, **k))
                 try:
                     ts, _ = run_variant(selector, pool, targets, cache, method)

@@ -107,6 +107,35 @@ def _load_keys_t(ptrs, cols, length, d_ok, MASK_COLS: tl.constexpr, EVEN_D: tl.c
     return x
 
 
+@triton.jit
+def _span(part: tl.constexpr, lo, full_lo, full_hi, hi):
+    """Bounds of one of a pass's three tile ranges: 0 the masked head, 1 the unmasked middle
+    (no masks compiled in), 2 the masked tail."""
+    if part == 0:
+        return lo, full_lo
+    elif part == 1:
+        return full_lo, full_hi
+    else:
+        return full_hi, hi
+
+
+@triton.jit
+def _tile_offsets(head_dim, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Row, column and head-dim offsets of a tile, and which head-dim lanes are real."""
+    offs_d = tl.arange(0, BLOCK_D)
+    return tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), offs_d, offs_d < head_dim
+
+
+@triton.jit
+def _program_sequence(num_heads, seq_lens_ptr, cu_seqlens_ptr, IS_VARLEN: tl.constexpr):
+    """(batch row, head, first token, length) of this program's (sequence, head) pair, grid
+    axis 1."""
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    start, length = _sequence_bounds(b, seq_lens_ptr, cu_seqlens_ptr, IS_VARLEN)
+    return b, pid_bh % num_heads, start, length
+
+
 # ------------------------------------------------------------------------------------------------
 # Row pass: lse and entropy per (row, head)
 # ------------------------------------------------------------------------------------------------
@@ -143,18 +172,11 @@ def _row_pass_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    start, length = _sequence_bounds(b, seq_lens_ptr, cu_seqlens_ptr, IS_VARLEN)
-    i0 = pid_m * BLOCK_M
+    b, h, start, length = _program_sequence(num_heads, seq_lens_ptr, cu_seqlens_ptr, IS_VARLEN)
+    i0 = tl.program_id(0) * BLOCK_M
     if i0 < length:
-        offs_m = tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
+        offs_m, offs_n, offs_d, d_ok = _tile_offsets(head_dim, BLOCK_M, BLOCK_N, BLOCK_D)
         rows = i0 + offs_m
-        d_ok = offs_d < head_dim
         q_base = (q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
                   + (start + i0).to(tl.int64) * stride_qn)
         q = _load_rows(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], rows, length, d_ok,
@@ -180,21 +202,13 @@ def _row_pass_kernel(
         # 64-bit pointers advanced per tile: packed batches can exceed 2^31 elements.
         k_ptrs = (k_base + lo.to(tl.int64) * stride_kn + offs_n[None, :] * stride_kn
                   + offs_d[:, None])
-        for j0 in range(lo, full_lo, BLOCK_N):
-            m_i, l_i, a_i = _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window,
-                                      qk_scale_log2, m_i, l_i, a_i, CAUSAL, True, EVEN_D,
-                                      INPUT_PRECISION)
-            k_ptrs += BLOCK_N * stride_kn
-        for j0 in range(full_lo, full_hi, BLOCK_N):
-            m_i, l_i, a_i = _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window,
-                                      qk_scale_log2, m_i, l_i, a_i, CAUSAL, False, EVEN_D,
-                                      INPUT_PRECISION)
-            k_ptrs += BLOCK_N * stride_kn
-        for j0 in range(full_hi, hi, BLOCK_N):
-            m_i, l_i, a_i = _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window,
-                                      qk_scale_log2, m_i, l_i, a_i, CAUSAL, True, EVEN_D,
-                                      INPUT_PRECISION)
-            k_ptrs += BLOCK_N * stride_kn
+        for part in tl.static_range(3):  # masked head tiles, unmasked middle, masked tail
+            j_lo, j_hi = _span(part, lo, full_lo, full_hi, hi)
+            for j0 in range(j_lo, j_hi, BLOCK_N):
+                m_i, l_i, a_i = _row_tile(q, k_ptrs, j0, rows, offs_n, d_ok, length, window,
+                                          qk_scale_log2, m_i, l_i, a_i, CAUSAL, part != 1,
+                                          EVEN_D, INPUT_PRECISION)
+                k_ptrs += BLOCK_N * stride_kn
 
         lse = (m_i + tl.math.log2(l_i)) * _LN2
         entropy = tl.log(l_i) - _LN2 * a_i / l_i
@@ -252,18 +266,11 @@ def _col_pass_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    start, length = _sequence_bounds(b, seq_lens_ptr, cu_seqlens_ptr, IS_VARLEN)
-    j0 = pid_n * BLOCK_N
+    b, h, start, length = _program_sequence(num_heads, seq_lens_ptr, cu_seqlens_ptr, IS_VARLEN)
+    j0 = tl.program_id(0) * BLOCK_N
     if j0 < length:
-        offs_m = tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
+        offs_m, offs_n, offs_d, d_ok = _tile_offsets(head_dim, BLOCK_M, BLOCK_N, BLOCK_D)
         cols = j0 + offs_n
-        d_ok = offs_d < head_dim
         k_base = (k_ptr + b.to(tl.int64) * stride_kb + (h // group).to(tl.int64) * stride_kh
                   + (start + j0).to(tl.int64) * stride_kn)
         k_t = _load_keys_t(k_base + offs_n[None, :] * stride_kn + offs_d[:, None], cols, length,
@@ -290,27 +297,15 @@ def _col_pass_kernel(
         q_ptrs = (q_base + lo.to(tl.int64) * stride_qn + offs_m[:, None] * stride_qn
                   + offs_d[None, :])
         row_offs = o_base + lo.to(tl.int64) * stride_on + offs_m * stride_on
-        for i0 in range(lo, full_lo, BLOCK_M):
-            col_mass, col_weighted = _col_tile(
-                q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
-                entropy_fixed_ptr, row_offs, col_mass, col_weighted,
-                CAUSAL, True, EVEN_D, FUSE_ROW_ENTROPY, INPUT_PRECISION)
-            q_ptrs += BLOCK_M * stride_qn
-            row_offs += BLOCK_M * stride_on
-        for i0 in range(full_lo, full_hi, BLOCK_M):
-            col_mass, col_weighted = _col_tile(
-                q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
-                entropy_fixed_ptr, row_offs, col_mass, col_weighted,
-                CAUSAL, False, EVEN_D, FUSE_ROW_ENTROPY, INPUT_PRECISION)
-            q_ptrs += BLOCK_M * stride_qn
-            row_offs += BLOCK_M * stride_on
-        for i0 in range(full_hi, hi, BLOCK_M):
-            col_mass, col_weighted = _col_tile(
-                q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
-                entropy_fixed_ptr, row_offs, col_mass, col_weighted,
-                CAUSAL, True, EVEN_D, FUSE_ROW_ENTROPY, INPUT_PRECISION)
-            q_ptrs += BLOCK_M * stride_qn
-            row_offs += BLOCK_M * stride_on
+        for part in tl.static_range(3):  # masked head tiles, unmasked middle, masked tail
+            i_lo, i_hi = _span(part, lo, full_lo, full_hi, hi)
+            for i0 in range(i_lo, i_hi, BLOCK_M):
+                col_mass, col_weighted = _col_tile(
+                    q_ptrs, k_t, i0, cols, offs_m, d_ok, length, window, qk_scale_log2, lse_ptr,
+                    entropy_fixed_ptr, row_offs, col_mass, col_weighted,
+                    CAUSAL, part != 1, EVEN_D, FUSE_ROW_ENTROPY, INPUT_PRECISION)
+                q_ptrs += BLOCK_M * stride_qn
+                row_offs += BLOCK_M * stride_on
 
         out = o_base + j0.to(tl.int64) * stride_on + offs_n * stride_on
         col_ok = cols < length
